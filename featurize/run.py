@@ -1,0 +1,297 @@
+"""``alzmri featurize``: scan, resolve subjects, run the backbone on what is not cached yet, write the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import h5py
+import numpy as np
+
+from featurize import store
+from featurize.backbones import build_base, feature_model, get_backbone, layers_tag, resolve_layers, weights_checksum, weights_tag
+from featurize.config import features_dir
+from featurize.dataset import Dataset, scan
+from featurize.errors import AlzmriError, CacheError
+from featurize.images import RESIZE_MODES, parse_size
+from featurize.progress import progress_bar
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FeaturizeResult:
+    """What one featurize run did."""
+
+    cache: Path
+    dataset: Dataset
+    n_images: int
+    n_computed: int
+    n_reused: int
+    failed: list[tuple[str, str]]
+    images_per_s: float
+    seconds: float
+    problems: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_for(backbone: str, weights: str, image_size: str | None, pooling: str, resize: str, layers: str) -> dict[str, Any]:
+    """The settings that name a cache (all but the weights checksum, which needs the model)."""
+    bb = get_backbone(backbone)
+    if resize not in RESIZE_MODES:
+        raise AlzmriError(f"unknown resize mode {resize!r}; choose one of: {', '.join(RESIZE_MODES)}")
+    try:
+        size = parse_size(image_size) if image_size else (bb.input_size, bb.input_size)
+    except ValueError as exc:
+        raise AlzmriError(str(exc)) from None
+    return {"backbone": bb.name, "weights": weights_tag(weights), "image_size": f"{size[0]}x{size[1]}",
+            "pooling": pooling, "resize": resize, "layers": layers_tag(resolve_layers(bb, layers))}
+
+
+def cache_path(data: str | os.PathLike[str], settings: dict[str, Any], artifacts: str | os.PathLike[str] | None = None) -> Path:
+    """Where the cache of ``data`` under ``settings`` lives."""
+    from featurize.dataset import dataset_id
+
+    return features_dir(dataset_id(data), artifacts) / store.cache_name(settings)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return all(str(a.get(k)) == str(b.get(k)) for k in keys)
+
+
+_NO_SHA = tuple(k for k in store.SETTING_KEYS if k != "weights_sha256")
+
+
+class _Sources:
+    """Where each already-computed (path, sha1) lives: the old cache file or a journal part."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[str, str], tuple[int, int]] = {}
+        self.failed: dict[tuple[str, str], str] = {}
+        self.parts: list[store.Part] = []
+        self.old: Path | None = None
+        self.old_attrs: dict[str, Any] = {}
+
+    def add_old(self, path: Path, attrs: dict[str, Any]) -> None:
+        self.old, self.old_attrs = path, attrs
+        with h5py.File(path, "r") as f:
+            for i, key in enumerate(zip(store._strs(f["path"]), store._strs(f["sha1"]))):
+                self.index[key] = (-1, i)
+            for p, s, r in zip(store._strs(f["failed_path"]), store._strs(f["failed_sha1"]), store._strs(f["failed_reason"])):
+                self.failed[(p, s)] = r
+
+    def add_part(self, part: store.Part) -> None:
+        k = len(self.parts)
+        self.parts.append(part)
+        for i, key in enumerate(zip(part.path, part.sha1)):
+            self.index[(str(key[0]), str(key[1]))] = (k, i)
+        for p, s, r in zip(part.failed_path, part.failed_sha1, part.failed_reason):
+            self.failed[(str(p), str(s))] = str(r)
+
+    def drop_all(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def known(self, key: tuple[str, str]) -> bool:
+        return key in self.index or key in self.failed
+
+    def blocks(self, keys: list[tuple[str, str]], block: int = 1024) -> Iterator[np.ndarray]:
+        """Feature rows for ``keys`` in order, streamed in blocks (memory stays flat)."""
+        f = h5py.File(self.old, "r") if self.old is not None else None
+        try:
+            feats = f["features"] if f is not None else None
+            for start in range(0, len(keys), block):
+                rows = []
+                for key in keys[start:start + block]:
+                    src, i = self.index[key]
+                    rows.append(feats[i] if src < 0 else self.parts[src].features[i])
+                yield np.stack(rows).astype(np.float32, copy=False)
+        finally:
+            if f is not None:
+                f.close()
+
+
+def featurize_dataset(
+    data: str | os.PathLike[str],
+    backbone: str = "mobilenetv2",
+    weights: str = "imagenet",
+    image_size: str | None = None,
+    pooling: str = "avg",
+    resize: str = "stretch",
+    layers: str = "last",
+    batch_size: int = 32,
+    classes: str | list[str] | None = None,
+    subjects: str = "auto",
+    artifacts: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    log: Log = lambda s: None,
+    part_rows: int = 512,
+    seed: int = 0,
+) -> FeaturizeResult:
+    """Featurize ``data`` with a frozen backbone into the HDF5 cache, computing only what is not cached yet."""
+    if batch_size < 1:
+        raise AlzmriError("--batch-size must be at least 1")
+    settings = settings_for(backbone, weights, image_size, pooling, resize, layers)
+    bb = get_backbone(backbone)
+    t0 = time.perf_counter()
+    ds = scan(data, classes)
+    from featurize.grouping import resolve_subjects
+
+    ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
+    cache = features_dir(ds.dataset_id, artifacts) / store.cache_name(settings)
+    table = ds.table
+    keys = list(zip(table["path"], table["sha1"]))
+    with store.locked(cache):
+        src = _Sources()
+        if cache.exists():
+            try:
+                attrs = store.read_attrs(cache)
+                if int(attrs.get("format_version", 0)) != store.FORMAT_VERSION or not attrs.get("complete"):
+                    log(f"{cache}: made by another version or incomplete; rebuilding it")
+                elif not _same(attrs, settings, _NO_SHA):
+                    log(f"{cache}: made with other settings; rebuilding it")
+                else:
+                    src.add_old(cache, attrs)
+            except (CacheError, OSError, KeyError) as exc:
+                log(f"{cache}: unreadable ({str(exc)[:100]}); rebuilding it")
+        journal = store.parts_dir(cache)
+        journal_sha = ""
+        if journal.is_dir():
+            try:
+                marker = json.loads((journal / "settings.json").read_text())
+                if _same(marker, settings, _NO_SHA):
+                    journal_sha = marker.get("weights_sha256", "")
+                    parts = store.read_parts(journal)
+                    for part in parts:
+                        src.add_part(part)
+                    if parts:
+                        log(f"resuming: {sum(len(p.path) + len(p.failed_path) for p in parts)} images already done by an interrupted run")
+            except (OSError, ValueError):
+                pass
+        todo = [i for i, k in enumerate(keys) if not src.known(k)]
+        sha = src.old_attrs.get("weights_sha256", "") or journal_sha
+        rate = float(src.old_attrs.get("featurize_images_per_s", 0.0) or 0.0)
+        n_computed = 0
+        if todo:
+            model, preprocess = _build(bb, weights, settings, seed)
+            new_sha = weights_checksum(model)
+            if (src.old is not None and src.old_attrs.get("weights_sha256") != new_sha) or (journal_sha and journal_sha != new_sha):
+                log(f"{cache}: cached features came from other weights (checksum differs); recomputing all")
+                src.drop_all()
+                shutil.rmtree(journal, ignore_errors=True)
+                todo = list(range(len(keys)))
+            sha = new_sha
+            journal = store.open_journal(cache, {**settings, "weights_sha256": sha})
+            n_computed, rate = _infer(model, preprocess, table, todo, settings, batch_size, journal, src, part_rows, progress)
+        ok = [k for k in keys if k in src.index]
+        failed = [(p, s, src.failed[(p, s)]) for p, s in keys if (p, s) in src.failed and (p, s) not in src.index]
+        ok_rows = table[[k in src.index for k in keys]]
+        changed = (n_computed > 0 or src.old is None or src.parts
+                   or _rows_changed(src.old, ok_rows, ds.class_names, failed))
+        if changed:
+            if not ok:
+                raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
+            attrs = {**settings, "weights_sha256": sha, "class_names": json.dumps(ds.class_names),
+                     "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
+                     "engine": "tf", "featurize_images_per_s": rate, "seed": seed,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
+            rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
+            dim = _dim(src)
+            store.write_cache(cache, attrs, rows, src.blocks(ok), dim, failed)
+        shutil.rmtree(journal, ignore_errors=True)
+    return FeaturizeResult(cache=cache, dataset=ds, n_images=len(ok), n_computed=n_computed,
+                           n_reused=len(ok) - min(n_computed, len(ok)), failed=[(p, r) for p, _, r in failed],
+                           images_per_s=rate if n_computed else 0.0, seconds=time.perf_counter() - t0,
+                           problems=list(ds.problems), settings={**settings, "weights_sha256": sha})
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    from featurize import __version__
+
+    return {"tf_version": tf.__version__, "keras_version": keras.__version__, "alzmri_version": __version__}
+
+
+def _dim(src: _Sources) -> int:
+    if src.parts and src.parts[0].features.ndim == 2 and len(src.parts[0].features):
+        return int(src.parts[0].features.shape[1])
+    for part in src.parts:
+        if len(part.features):
+            return int(part.features.shape[1])
+    return int(src.old_attrs.get("feature_dim", 0))
+
+
+def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed: list[tuple[str, str, str]]) -> bool:
+    """True when the cache's row metadata differ from the current scan (so it must be rewritten)."""
+    if old is None:
+        return True
+    with h5py.File(old, "r") as f:
+        if json.loads(store._plain(f.attrs["class_names"])) != class_names or len(f["path"]) != len(ok_rows):
+            return True
+        if len(f["failed_path"]) != len(failed):
+            return True
+        return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
+
+
+def _build(bb: Any, weights: str, settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    w, h = parse_size(settings["image_size"])
+    base = build_base(bb, weights, (w, h), seed=seed)
+    model = feature_model(base, resolve_layers(bb, settings["layers"]), settings["pooling"])
+    return model, bb.preprocess_fn()
+
+
+def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
+           journal: Path, src: _Sources, part_rows: int, progress: bool) -> tuple[int, float]:
+    """Run the model over ``todo`` rows, journaling every ``part_rows`` images. Returns (count, images/s)."""
+    from featurize.pipeline import image_dataset, make_forward
+
+    size = parse_size(settings["image_size"])
+    forward = make_forward(model, preprocess, batch_size)
+    forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
+    sub = table.iloc[todo]
+    paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()
+    buf: dict[str, list[Any]] = {"path": [], "sha1": [], "features": [], "failed_path": [], "failed_sha1": [], "failed_reason": []}
+
+    def flush() -> None:
+        if not buf["path"] and not buf["failed_path"]:
+            return
+        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, 0), np.float32)
+        part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str), features=feats,
+                          failed_path=np.array(buf["failed_path"], dtype=str), failed_sha1=np.array(buf["failed_sha1"], dtype=str),
+                          failed_reason=np.array(buf["failed_reason"], dtype=str))
+        store.write_part(journal, part)
+        src.add_part(part)
+        for v in buf.values():
+            v.clear()
+
+    done = 0
+    t0 = time.perf_counter()
+    with progress_bar(len(todo), f"featurize {settings['backbone']}", enabled=progress) as advance:
+        try:
+            for images, errors in image_dataset(absps, size, settings["resize"], batch_size):
+                errs = [e.decode() for e in errors.numpy()]
+                feats = forward(images.numpy())
+                good = np.array([e == "" for e in errs])
+                idx = range(done, done + len(errs))
+                buf["features"].append(feats[good])
+                for j, e in zip(idx, errs):
+                    if e:
+                        buf["failed_path"].append(paths[j]); buf["failed_sha1"].append(shas[j]); buf["failed_reason"].append(e)
+                    else:
+                        buf["path"].append(paths[j]); buf["sha1"].append(shas[j])
+                done += len(errs)
+                advance(len(errs))
+                if len(buf["path"]) + len(buf["failed_path"]) >= part_rows:
+                    flush()
+        except KeyboardInterrupt:
+            flush()
+            raise AlzmriError(f"interrupted after {done} of {len(todo)} images; they are kept, rerun the same command to resume", exit_code=130) from None
+        flush()
+    elapsed = time.perf_counter() - t0
+    return done, done / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,270 @@
+"""The HDF5 feature cache: one file per (dataset, backbone, weights, size, pooling, resize, layers).
+
+Crash safety: finished batches go to small part files in ``<cache>.parts/`` (each written atomically);
+the HDF5 file itself is only ever replaced whole (temp file + rename). A kill -9 at any moment leaves
+the old cache plus the parts written so far, and a rerun resumes from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from featurize.errors import CacheError
+from featurize.featureset import FeatureSet
+
+FORMAT_VERSION = 1
+# Attributes that define a cache: a file whose values differ is never mixed with new rows.
+SETTING_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers")
+_STR = h5py.string_dtype("utf-8")
+
+
+def cache_name(settings: dict[str, Any]) -> str:
+    """File name of a cache, e.g. ``mobilenetv2__imagenet__224x224__avg__stretch__last.h5``."""
+    parts = [settings[k] for k in ("backbone", "weights", "image_size", "pooling", "resize", "layers")]
+    return "__".join(str(p).replace("/", "_") for p in parts) + ".h5"
+
+
+def find_caches(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Every complete cache of a dataset (sorted by name)."""
+    from featurize.config import features_dir
+
+    folder = features_dir(dataset_id, artifacts)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.glob("*.h5")):
+        try:
+            with h5py.File(p, "r") as f:
+                if bool(f.attrs.get("complete", False)):
+                    out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The attributes of a cache as plain Python values; CacheError if the file is unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _plain(v) for k, v in f.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise CacheError(f"{path}: not a readable feature cache ({exc}); rerun `alzmri featurize` to rebuild it") from None
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _strs(ds: h5py.Dataset) -> np.ndarray:
+    return np.array([s.decode() if isinstance(s, bytes) else s for s in ds[()]], dtype=object)
+
+
+def load(path: str | os.PathLike[str]) -> FeatureSet:
+    """Load a complete cache as a FeatureSet (X float32 N x D, y class indices, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: no such feature cache; run `alzmri featurize --data ROOT --backbone NAME` first")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = {k: _plain(v) for k, v in f.attrs.items()}
+            if int(meta.get("format_version", 0)) != FORMAT_VERSION:
+                raise CacheError(f"{path}: made by another version of alzmri (format {meta.get('format_version')}); rerun `alzmri featurize` to rebuild it")
+            if not meta.get("complete", False):
+                raise CacheError(f"{path}: incomplete cache; rerun `alzmri featurize` to finish it")
+            class_names = json.loads(meta["class_names"])
+            labels = _strs(f["label"])
+            lookup = {c: i for i, c in enumerate(class_names)}
+            fs = FeatureSet(
+                X=f["features"][()].astype(np.float32, copy=False),
+                y=np.array([lookup[x] for x in labels], dtype=np.int64),
+                paths=_strs(f["path"]),
+                split=_strs(f["split"]),
+                subject=_strs(f["subject"]),
+                sha1=_strs(f["sha1"]),
+                class_names=class_names,
+                meta=meta,
+            )
+            fs.meta["failed"] = [(p, r) for p, r in zip(_strs(f["failed_path"]), _strs(f["failed_reason"]))]
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot open the feature cache ({exc}); rerun `alzmri featurize` to rebuild it") from None
+    fs.meta["cache_path"] = str(path)
+    return fs
+
+
+def fingerprint(settings: dict[str, Any], paths: np.ndarray, sha1: np.ndarray) -> str:
+    """Identifies a cache's content: settings plus the (path, content hash) of every row."""
+    h = hashlib.sha256(json.dumps({k: settings.get(k) for k in SETTING_KEYS}, sort_keys=True).encode())
+    for p, s in zip(paths, sha1):
+        h.update(f"{p}\0{s}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _atomic_target(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[str, np.ndarray],
+                feature_blocks: Iterator[np.ndarray], dim: int,
+                failed: list[tuple[str, str, str]] = ()) -> None:
+    """Write a complete cache atomically, streaming features block by block.
+
+    ``rows`` holds equal-length string arrays path, label, split, subject, sha1; ``feature_blocks``
+    yields float32 blocks in row order; ``failed`` lists (path, sha1, reason) of unreadable files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(rows["path"])
+    tmp = _atomic_target(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            feats = f.create_dataset("features", shape=(n, dim), dtype="float32",
+                                     chunks=(max(1, min(n, 1024)), dim) if n else None, maxshape=(None, dim))
+            start = 0
+            for block in feature_blocks:
+                feats[start:start + len(block)] = block
+                start += len(block)
+            if start != n:
+                raise RuntimeError(f"internal: wrote {start} feature rows for {n} images")
+            for key in ("path", "label", "split", "subject", "sha1"):
+                f.create_dataset(key, data=np.asarray(rows[key], dtype=object), dtype=_STR)
+            for i, key in enumerate(("failed_path", "failed_sha1", "failed_reason")):
+                f.create_dataset(key, data=np.asarray([r[i] for r in failed], dtype=object), dtype=_STR)
+            meta = dict(attrs)
+            meta.update(format_version=FORMAT_VERSION, n_images=n, feature_dim=dim, complete=True,
+                        fingerprint=fingerprint(attrs, rows["path"], rows["sha1"]))
+            for k, v in meta.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def save(path: str | os.PathLike[str], fs: FeatureSet) -> None:
+    """Write a FeatureSet as a complete cache (used by tests and tools that make features elsewhere)."""
+    attrs = {k: v for k, v in fs.meta.items() if k not in ("failed", "cache_path", "fingerprint", "complete", "n_images", "feature_dim", "format_version")}
+    attrs["class_names"] = json.dumps(list(fs.class_names))
+    for key, default in (("backbone", "custom"), ("weights", "custom"), ("weights_sha256", ""), ("image_size", ""),
+                         ("pooling", "avg"), ("resize", "stretch"), ("layers", "last")):
+        attrs.setdefault(key, default)
+    rows = {"path": fs.paths, "label": np.array([fs.class_names[i] for i in fs.y], dtype=object),
+            "split": fs.split, "subject": fs.subject, "sha1": fs.sha1}
+    X = np.asarray(fs.X, dtype=np.float32)
+    write_cache(path, attrs, rows, iter([X]), X.shape[1])
+
+
+# ---------------------------------------------------------------- parts journal
+
+@dataclass
+class Part:
+    """One journal file's content."""
+
+    path: np.ndarray
+    sha1: np.ndarray
+    features: np.ndarray
+    failed_path: np.ndarray
+    failed_sha1: np.ndarray
+    failed_reason: np.ndarray
+
+
+def parts_dir(cache: Path) -> Path:
+    """The journal folder beside a cache."""
+    return cache.with_name(cache.name + ".parts")
+
+
+def open_journal(cache: Path, settings: dict[str, Any]) -> Path:
+    """Create (or validate) the journal folder; a journal made with other settings is discarded."""
+    d = parts_dir(cache)
+    marker = d / "settings.json"
+    wanted = {k: settings[k] for k in SETTING_KEYS}
+    if d.is_dir():
+        try:
+            same = json.loads(marker.read_text()) == wanted
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(d)
+    if not d.is_dir():
+        d.mkdir(parents=True)
+        tmp = d / ".settings.json.tmp"
+        tmp.write_text(json.dumps(wanted, sort_keys=True))
+        os.replace(tmp, marker)
+    return d
+
+
+def write_part(journal: Path, part: Part) -> Path:
+    """Write one part atomically; a failure (disk full) leaves no partial file."""
+    seq = len(list(journal.glob("part-*.npz")))
+    while (journal / f"part-{seq:06d}.npz").exists():
+        seq += 1
+    final = journal / f"part-{seq:06d}.npz"
+    tmp = journal / f".part-{seq:06d}.tmp.npz"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, path=part.path.astype(str), sha1=part.sha1.astype(str), features=part.features,
+                     failed_path=part.failed_path.astype(str), failed_sha1=part.failed_sha1.astype(str),
+                     failed_reason=part.failed_reason.astype(str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return final
+
+
+def read_parts(journal: Path) -> list[Part]:
+    """Every intact part of a journal (a damaged one is skipped: its rows are simply recomputed)."""
+    out = []
+    for p in sorted(journal.glob("part-*.npz")):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                out.append(Part(**{k: z[k] for k in ("path", "sha1", "features", "failed_path", "failed_sha1", "failed_reason")}))
+        except (OSError, ValueError, KeyError, EOFError):
+            continue
+    return out
+
+
+@contextlib.contextmanager
+def locked(cache: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a cache; a second writer is refused at once with a message."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = cache.with_name(cache.name + ".lock")
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise CacheError(f"{cache}: another featurize ({holder}) is writing this cache; wait for it to finish, then rerun") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

@@ -1,0 +1,57 @@
+"""Shared fixtures: small generated image folders, and the shared real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alzheimer-mri"
+CLASSES = ("NonDemented", "MildDemented")
+
+
+def write_images(root: Path, layout: str = "kaggle", n_per_class: int = 5, size: tuple[int, int] = (44, 52), seed: int = 0) -> list[Path]:
+    """Write small random grayscale PNGs in the Kaggle (``kaggle``) or flat (``folders``) layout."""
+    rng = np.random.default_rng(seed)
+    files = []
+    splits = ("train", "test") if layout == "kaggle" else ("",)
+    for split in splits:
+        for ci, cls in enumerate(CLASSES):
+            folder = root / split / cls if split else root / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                base = np.linspace(0, 255 * (ci + 1) / 2, size[0] * size[1]).reshape(size[1], size[0])
+                img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+                p = folder / f"img{i}.png"
+                Image.fromarray(img).save(p)
+                files.append(p)
+    return files
+
+
+@pytest.fixture
+def kaggle_root(tmp_path: Path) -> Path:
+    """A tiny Kaggle-layout dataset: train/test x 2 classes x 5 images."""
+    root = tmp_path / "kaggle"
+    write_images(root, "kaggle")
+    return root
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private artifacts folder, also set as $ALZMRI_ARTIFACTS."""
+    out = tmp_path / "artifacts"
+    monkeypatch.setenv("ALZMRI_ARTIFACTS", str(out))
+    return out
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real Kaggle-layout slices beside the repo; the test is skipped where they are absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data not present (../shared/data/alzheimer-mri)")
+    return SHARED_DATA
