@@ -201,7 +201,10 @@ def featurize_dataset(
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
             rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
             dim = _dim(src)
-            store.write_cache(cache, attrs, rows, src.blocks(ok), dim, failed)
+            try:
+                store.write_cache(cache, attrs, rows, src.blocks(ok), dim, failed)
+            except OSError as exc:
+                raise CacheError(f"{cache}: cannot write the cache ({exc.strerror or exc}); free disk space and rerun: the previous cache and all computed features are intact") from None
         shutil.rmtree(journal, ignore_errors=True)
     return FeaturizeResult(cache=cache, dataset=ds, n_images=len(ok), n_computed=n_computed,
                            n_reused=len(ok) - min(n_computed, len(ok)), failed=[(p, r) for p, _, r in failed],
@@ -265,7 +268,10 @@ def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: d
         part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str), features=feats,
                           failed_path=np.array(buf["failed_path"], dtype=str), failed_sha1=np.array(buf["failed_sha1"], dtype=str),
                           failed_reason=np.array(buf["failed_reason"], dtype=str))
-        store.write_part(journal, part)
+        try:
+            store.write_part(journal, part)
+        except OSError as exc:
+            raise CacheError(f"{journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the {len(src.parts)} batches already saved are intact") from None
         src.add_part(part)
         for v in buf.values():
             v.clear()

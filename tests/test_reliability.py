@@ -1,0 +1,166 @@
+"""Faults: kill -9 mid-run, concurrent writers, disk full, odd image files and paths."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featurize
+from featurize import run as frun
+from featurize import store
+from featurize.errors import CacheError
+from featurize.images import load_rgb
+from tests.conftest import write_images
+
+FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:
+    code = ("import sys; from featurize.run import featurize_dataset; "
+            "featurize_dataset(sys.argv[1], backbone='mobilenetv2', weights='none', image_size='96x96', subjects='none', "
+            "progress=False, batch_size=4, part_rows=8, artifacts=sys.argv[2])")
+    return subprocess.Popen([sys.executable, "-c", code, str(data), str(artifacts)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_images(data, "kaggle", n_per_class=50)  # 200 images
+    killed_art = tmp_path / "killed"
+    proc = _child(data, killed_art)
+    deadline = time.time() + 120
+    journal = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(killed_art.glob("features/*/*.parts/part-*.npz"))
+        if len(found) >= 2:
+            journal = found[0].parent
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert journal is not None, "the child finished or failed before it could be killed"
+    cache = journal.with_name(journal.name[: -len(".parts")])
+    assert not cache.exists()  # the cache is only ever written whole
+    res = frun.featurize_dataset(data, **{**FAST, "image_size": "96x96"}, batch_size=4, artifacts=killed_art)
+    assert 0 < res.n_computed < 200
+    clean = frun.featurize_dataset(data, **{**FAST, "image_size": "96x96"}, batch_size=4, artifacts=tmp_path / "clean")
+    a, b = featurize.load(res.cache), featurize.load(clean.cache)
+    assert list(a.paths) == list(b.paths) and list(a.sha1) == list(b.sha1)
+    np.testing.assert_allclose(a.X, b.X, atol=1e-6)
+
+
+def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, artifacts: Path) -> None:
+    cache = frun.cache_path(kaggle_root, frun.settings_for("mobilenetv2", "none", "32x32", "avg", "stretch", "last"))
+    with store.locked(cache):
+        with pytest.raises(CacheError, match="another featurize"):
+            frun.featurize_dataset(kaggle_root, **FAST)
+    assert frun.featurize_dataset(kaggle_root, **FAST).n_computed == 20
+
+
+def test_disk_full_keeps_the_old_state_valid(kaggle_root: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = frun.featurize_dataset(kaggle_root, **FAST)
+    old = featurize.load(first.cache)
+    before = old.X.copy()
+    write_images(kaggle_root / "train", "folders", n_per_class=2, seed=5)  # 4 changed images to compute
+
+    def full(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(store.np, "savez", full)
+        with pytest.raises(CacheError, match="free disk space"):
+            frun.featurize_dataset(kaggle_root, **FAST)
+    np.testing.assert_array_equal(featurize.load(first.cache).X, before)
+    with monkeypatch.context() as m:
+        m.setattr(store.h5py, "File", full)
+        with pytest.raises(CacheError, match="free disk space"):
+            frun.featurize_dataset(kaggle_root, **FAST)
+    assert not list(first.cache.parent.glob(".*.tmp-*"))
+    np.testing.assert_array_equal(featurize.load(first.cache).X, before)
+    final = frun.featurize_dataset(kaggle_root, **FAST)
+    assert final.n_computed == 0  # the features computed before the failed write were journaled, not lost
+    fs = featurize.load(final.cache)
+    assert (fs.sha1 != old.sha1).sum() == 4 and not list(store.parts_dir(final.cache).glob("*"))
+
+
+@pytest.mark.parametrize("kind", ["png16", "rgba", "cmyk", "palette", "tiff", "tiny", "bmp"])
+def test_odd_image_formats_become_rgb(tmp_path: Path, kind: str) -> None:
+    p = tmp_path / f"x.{ {'cmyk': 'jpg', 'tiff': 'tif', 'bmp': 'bmp'}.get(kind, 'png') }"
+    g = np.tile(np.arange(64, dtype=np.uint16), (48, 1))
+    if kind == "png16":
+        Image.fromarray((g * 1000).astype(np.uint16)).save(p)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([g.astype(np.uint8)] * 3 + [np.full(g.shape, 128, np.uint8)])).save(p)
+    elif kind == "cmyk":
+        Image.fromarray(g.astype(np.uint8)).convert("CMYK").save(p)
+    elif kind == "palette":
+        Image.fromarray(g.astype(np.uint8)).convert("P").save(p)
+    elif kind == "tiff":
+        Image.fromarray((g * 1000).astype(np.uint16)).save(p)
+    elif kind == "tiny":
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(p)
+    else:
+        Image.fromarray(g.astype(np.uint8)).save(p)
+    out = load_rgb(p, (32, 24))
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8 and out.max() > 0
+    if kind == "png16":
+        assert out.max() >= 250  # scaled by the image's own range, not left dark
+
+
+def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    p = tmp_path / "huge.jpg"
+    Image.new("L", (12000, 12000), 90).save(p, quality=50)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = load_rgb(p, (224, 224))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert out.shape == (224, 224, 3) and abs(int(out.mean()) - 90) <= 2
+    assert grown_mb < 200  # a full 12k x 12k RGB decode alone would be 432 MB
+
+
+def test_unicode_spaces_quotes_and_symlinks(tmp_path: Path, artifacts: Path) -> None:
+    root = tmp_path / "dätä set"
+    write_images(root, "folders", n_per_class=3)
+    odd = root / "NonDemented" / "scan 'ü' \"1\".png"
+    (root / "NonDemented" / "img0.png").rename(odd)
+    (root / "MildDemented" / "link.png").symlink_to(root / "MildDemented" / "img1.png")
+    (root / "MildDemented" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    res = frun.featurize_dataset(root, **FAST)
+    fs = featurize.load(res.cache)
+    assert "NonDemented/scan 'ü' \"1\".png" in set(fs.paths) and "MildDemented/link.png" in set(fs.paths)
+    assert dict(res.failed) == {"MildDemented/dangling.png": "dangling symlink"}
+
+
+def test_label_conflict_is_reported(tmp_path: Path) -> None:
+    from featurize.dataset import scan
+
+    root = tmp_path / "d"
+    write_images(root, "folders", n_per_class=2)
+    (root / "MildDemented" / "copy.png").write_bytes((root / "NonDemented" / "img0.png").read_bytes())
+    ds = scan(root)
+    assert any("label conflict" in p and "copy.png" in p for p in ds.problems)
+
+
+def test_train_test_class_mismatch_is_reported(tmp_path: Path) -> None:
+    from featurize.dataset import scan
+
+    root = tmp_path / "d"
+    write_images(root, "kaggle", n_per_class=2)
+    extra = root / "test" / "ModerateDemented"
+    extra.mkdir()
+    Image.new("L", (20, 20), 3).save(extra / "a.png")
+    (root / "train" / "Empty").mkdir()
+    ds = scan(root)
+    assert any("ModerateDemented" in p and "not in train" in p for p in ds.problems)
+    assert any("Empty" in p and "empty class folder" in p for p in ds.problems)
