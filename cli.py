@@ -16,7 +16,7 @@ from featurize.errors import AlzmriError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Stage Alzheimer's disease from brain MRI slices with frozen CNN features, scikit-learn heads, and honest subject-aware evaluation.")
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ArtifactsOpt = typer.Option(None, "--artifacts", help="Output folder for everything (default: $ALZMRI_ARTIFACTS or ./artifacts).")
 DataOpt = typer.Option(..., "--data", help="Data root (ROOT/{train,test}/<Class>/*, or ROOT/<Class>/*) or a CSV manifest path,label[,split,subject].")
@@ -63,7 +63,7 @@ def featurize(
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT, e.g. 176x208 (native); default: the backbone's."),
     pooling: str = typer.Option("avg", "--pooling", help="avg | max global pooling."),
     resize: str = typer.Option("stretch", "--resize", help="stretch | pad (keep aspect, pad with black)."),
-    layers: str = typer.Option("last", "--layers", help="last | mid | multi | LAYER,... pooled activations to cache."),
+    layers: list[str] = typer.Option(["last"], "--layers", help="last | mid | multi | LAYER,... (pooled, concatenated); repeat the option to cache several choices in one pass."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference batch."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class order A,B,C (default: severity order for the Kaggle stages, else alphabetical)."),
     subjects: str = SubjectsOpt,
@@ -82,13 +82,78 @@ def featurize(
     if not data:
         _fail("featurize needs --data ROOT (or --list to see the backbones)")
     _quiet_tf()
-    from featurize.run import featurize_dataset
+    from featurize.run import featurize_layers
     from featurize.summary import featurize_summary
 
-    res = _run(lambda: featurize_dataset(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-                                         resize=resize, layers=layers, batch_size=batch_size, classes=classes,
-                                         subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say))
-    out.print(featurize_summary(res), highlight=False)
+    results = _run(lambda: featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
+                                            resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
+                                            subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say))
+    for res in results:
+        out.print(featurize_summary(res, with_subjects=res is results[-1]), highlight=False)
+
+
+@app.command()
+def subjects(
+    data: str = DataOpt,
+    mode: str = typer.Option("infer", "--subjects", help="infer (cluster near-duplicate slices) | column | regex:PATTERN."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class order A,B,C."),
+    artifacts: Optional[str] = ArtifactsOpt,
+) -> None:
+    """Find which slices belong to one subject, check for train/test leakage, write subjects.csv."""
+    from featurize.grouping import subjects_for_data
+    from featurize.subjects import format_report
+
+    ds, report, inference, path = _run(lambda: subjects_for_data(data, mode, classes, artifacts, log=_say))
+    out.print(format_report(report, inference), highlight=False)
+    out.print(f"written: {path}", highlight=False)
+
+
+@app.command()
+def synth(
+    out_dir: str = typer.Option(..., "--out", help="Folder to write the Kaggle layout into."),
+    subjects_per_class: int = typer.Option(6, "--subjects-per-class", min=1, help="Synthetic subjects per stage."),
+    slices_per_subject: int = typer.Option(8, "--slices-per-subject", min=1, help="Adjacent axial slices per subject."),
+    size: str = typer.Option("176x208", "--size", help="WIDTHxHEIGHT."),
+    fmt: str = typer.Option("png", "--format", help="png | jpg."),
+    split: str = typer.Option("slice", "--split", help="slice (leaky, like Kaggle) | subject (whole subjects in test)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Generate deterministic brain-MRI-like slices of four dementia stages (no download needed)."""
+    from featurize.images import parse_size
+    from featurize.synth import write_dataset
+
+    def go() -> Any:
+        try:
+            wh = parse_size(size)
+        except ValueError as exc:
+            raise AlzmriError(str(exc)) from None
+        return write_dataset(out_dir, subjects_per_class, slices_per_subject, wh, fmt, split, seed=seed)
+
+    truth = _run(go)
+    from featurize.synth import CLASS_NAMES
+
+    counts = truth.groupby(["label", "split"]).size().unstack(1).fillna(0).astype(int).reindex(CLASS_NAMES)
+    out.print(f"wrote {len(truth)} slices of {truth['subject'].nunique()} subjects to {out_dir} (ground truth: {out_dir}/subjects_truth.csv)")
+    out.print(counts.to_string(), highlight=False)
+
+
+@app.command()
+def demo(
+    artifacts: Optional[str] = ArtifactsOpt,
+    backbone: str = typer.Option("mobilenetv2", "--backbone", "-b"),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet (falls back to none, labelled, when offline) | none | PATH."),
+    subjects_per_class: int = typer.Option(8, "--subjects-per-class", min=2),
+    epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs of the scratch CNN."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Run the whole pipeline on built-in synthetic MRI data and print the report."""
+    _quiet_tf()
+    from classify.demo import run_demo
+
+    res = _run(lambda: run_demo(artifacts, backbone=backbone, weights=weights, subjects_per_class=subjects_per_class,
+                                baseline_epochs=epochs, progress=not no_progress, log=_say))
+    out.print(res.table, highlight=False)
+    out.print(f"report: {res.report}   (alzmri report --artifacts ... to see it again; plots beside it)", highlight=False)
 
 
 def main() -> None:

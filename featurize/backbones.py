@@ -144,8 +144,11 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], seed: in
     return model
 
 
-def feature_model(base: Any, layers: list[str], pooling: str) -> Any:
-    """Wrap ``base`` so that it outputs globally pooled activations of ``layers`` (concatenated)."""
+def feature_model(base: Any, layers: list[str], pooling: str, prefix: str = "") -> Any:
+    """Wrap ``base`` so that it outputs globally pooled activations of ``layers`` (concatenated).
+
+    ``prefix`` keeps layer names unique when several such heads share one base.
+    """
     import keras
 
     if pooling not in POOLINGS:
@@ -161,6 +164,6 @@ def feature_model(base: Any, layers: list[str], pooling: str) -> Any:
                 tensor = base.get_layer(name).output
             except ValueError:
                 raise AlzmriError(f"backbone has no layer {name!r}; see `alzmri featurize --list-layers --backbone ...`") from None
-        outs.append(pool(name=f"pool_{len(outs)}")(tensor))
-    out = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name="concat")(outs)
+        outs.append(pool(name=f"{prefix}pool_{len(outs)}")(tensor))
+    out = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name=f"{prefix}concat")(outs)
     return keras.Model(base.input, out, name=f"{base.name}_features")

@@ -74,3 +74,24 @@ def infer_for_dataset(ds: Dataset, artifacts: str | os.PathLike[str] | None = No
                        subjects.tolist(), table["sha1"].tolist())
     log(f"found {inference.n_subjects} subjects (similarity threshold {inference.threshold:.4f}); written to {path}")
     return _Inferred(subjects, inference)
+
+
+def subjects_for_data(data: str | os.PathLike[str], mode: str = "infer", classes: str | list[str] | None = None,
+                      artifacts: str | os.PathLike[str] | None = None,
+                      log: Callable[[str], None] = lambda s: None) -> tuple[Dataset, object, object | None, Path]:
+    """``alzmri subjects``: resolve subjects for a dataset, write subjects.csv, return (dataset, report, inference, csv path)."""
+    from featurize.dataset import scan
+    from featurize.subjects import subject_report, write_subjects_csv
+
+    ds = scan(data, classes)
+    inference = None
+    if mode in ("auto", "infer") and not (mode == "auto" and (ds.table["subject"] != "").all()):
+        inferred = infer_for_dataset(ds, artifacts, log, force=True)
+        subjects, inference = inferred.subjects, inferred.inference
+    else:
+        subjects = resolve_subjects(ds, mode, artifacts, log)
+        write_subjects_csv(subjects_csv_path(ds.dataset_id, artifacts), ds.table["path"].tolist(), ds.table["label"].tolist(),
+                           ds.table["split"].tolist(), list(subjects), ds.table["sha1"].tolist())
+    ds.table["subject"] = subjects
+    report = subject_report(ds.table["label"].tolist(), list(subjects), ds.table["split"].tolist())
+    return ds, report, inference, subjects_csv_path(ds.dataset_id, artifacts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,38 +116,18 @@ class _Sources:
                 f.close()
 
 
-def featurize_dataset(
-    data: str | os.PathLike[str],
-    backbone: str = "mobilenetv2",
-    weights: str = "imagenet",
-    image_size: str | None = None,
-    pooling: str = "avg",
-    resize: str = "stretch",
-    layers: str = "last",
-    batch_size: int = 32,
-    classes: str | list[str] | None = None,
-    subjects: str = "auto",
-    artifacts: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    log: Log = lambda s: None,
-    part_rows: int = 512,
-    seed: int = 0,
-) -> FeaturizeResult:
-    """Featurize ``data`` with a frozen backbone into the HDF5 cache, computing only what is not cached yet."""
-    if batch_size < 1:
-        raise AlzmriError("--batch-size must be at least 1")
-    settings = settings_for(backbone, weights, image_size, pooling, resize, layers)
-    bb = get_backbone(backbone)
-    t0 = time.perf_counter()
-    ds = scan(data, classes)
-    from featurize.grouping import resolve_subjects
+class _Target:
+    """One cache being brought up to date: its settings, what is already computed, and its journal."""
 
-    ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
-    cache = features_dir(ds.dataset_id, artifacts) / store.cache_name(settings)
-    table = ds.table
-    keys = list(zip(table["path"], table["sha1"]))
-    with store.locked(cache):
-        src = _Sources()
+    def __init__(self, settings: dict[str, Any], cache: Path) -> None:
+        self.settings, self.cache = settings, cache
+        self.src = _Sources()
+        self.journal = store.parts_dir(cache)
+        self.journal_sha = ""
+
+    def open(self, log: Log) -> None:
+        """Index the old cache and any journal of an interrupted run that match these settings."""
+        cache, settings = self.cache, self.settings
         if cache.exists():
             try:
                 attrs = store.read_attrs(cache)
@@ -155,61 +136,126 @@ def featurize_dataset(
                 elif not _same(attrs, settings, _NO_SHA):
                     log(f"{cache}: made with other settings; rebuilding it")
                 else:
-                    src.add_old(cache, attrs)
+                    self.src.add_old(cache, attrs)
             except (CacheError, OSError, KeyError) as exc:
                 log(f"{cache}: unreadable ({str(exc)[:100]}); rebuilding it")
-        journal = store.parts_dir(cache)
-        journal_sha = ""
-        if journal.is_dir():
+        if self.journal.is_dir():
             try:
-                marker = json.loads((journal / "settings.json").read_text())
+                marker = json.loads((self.journal / "settings.json").read_text())
                 if _same(marker, settings, _NO_SHA):
-                    journal_sha = marker.get("weights_sha256", "")
-                    parts = store.read_parts(journal)
+                    self.journal_sha = marker.get("weights_sha256", "")
+                    parts = store.read_parts(self.journal)
                     for part in parts:
-                        src.add_part(part)
+                        self.src.add_part(part)
                     if parts:
                         log(f"resuming: {sum(len(p.path) + len(p.failed_path) for p in parts)} images already done by an interrupted run")
             except (OSError, ValueError):
                 pass
-        todo = [i for i, k in enumerate(keys) if not src.known(k)]
-        sha = src.old_attrs.get("weights_sha256", "") or journal_sha
-        rate = float(src.old_attrs.get("featurize_images_per_s", 0.0) or 0.0)
-        n_computed = 0
+
+    @property
+    def sha(self) -> str:
+        return self.settings.get("weights_sha256") or self.src.old_attrs.get("weights_sha256", "") or self.journal_sha
+
+    def accept_weights(self, sha: str, log: Log) -> None:
+        """Drop cached rows computed with other weights, then journal under ``sha``."""
+        old_sha = self.src.old_attrs.get("weights_sha256") if self.src.old is not None else None
+        if (old_sha is not None and old_sha != sha) or (self.journal_sha and self.journal_sha != sha):
+            log(f"{self.cache}: cached features came from other weights (checksum differs); recomputing all")
+            self.src.drop_all()
+            shutil.rmtree(self.journal, ignore_errors=True)
+        self.settings = {**self.settings, "weights_sha256": sha}
+        self.journal = store.open_journal(self.cache, self.settings)
+
+
+def featurize_dataset(data: str | os.PathLike[str], layers: str = "last", **kwargs: Any) -> FeaturizeResult:
+    """Featurize ``data`` with a frozen backbone into the HDF5 cache, computing only what is not cached yet.
+
+    Keyword arguments are those of ``featurize_layers``.
+    """
+    return featurize_layers(data, layer_choices=[layers], **kwargs)[0]
+
+
+def featurize_layers(
+    data: str | os.PathLike[str],
+    backbone: str = "mobilenetv2",
+    weights: str = "imagenet",
+    image_size: str | None = None,
+    pooling: str = "avg",
+    resize: str = "stretch",
+    layer_choices: list[str] = ("last",),  # type: ignore[assignment]
+    batch_size: int = 32,
+    classes: str | list[str] | None = None,
+    subjects: str = "auto",
+    artifacts: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    log: Log = lambda s: None,
+    part_rows: int = 512,
+    seed: int = 0,
+) -> list[FeaturizeResult]:
+    """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
+
+    A single pass of the backbone serves every choice; each cache computes only its missing images.
+    """
+    if batch_size < 1:
+        raise AlzmriError("--batch-size must be at least 1")
+    choices = list(dict.fromkeys(layer_choices or ["last"]))
+    settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c) for c in choices]
+    bb = get_backbone(backbone)
+    t0 = time.perf_counter()
+    ds = scan(data, classes)
+    from featurize.grouping import resolve_subjects
+
+    ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
+    table = ds.table
+    keys = list(zip(table["path"], table["sha1"]))
+    targets = [_Target(st, features_dir(ds.dataset_id, artifacts) / store.cache_name(st)) for st in settings_list]
+    with contextlib.ExitStack() as stack:
+        for t in targets:
+            stack.enter_context(store.locked(t.cache))
+            t.open(log)
+        todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
+        n_computed, rate = 0, 0.0
         if todo:
-            model, preprocess = _build(bb, weights, settings, seed)
-            new_sha = weights_checksum(model)
-            if (src.old is not None and src.old_attrs.get("weights_sha256") != new_sha) or (journal_sha and journal_sha != new_sha):
-                log(f"{cache}: cached features came from other weights (checksum differs); recomputing all")
-                src.drop_all()
-                shutil.rmtree(journal, ignore_errors=True)
-                todo = list(range(len(keys)))
-            sha = new_sha
-            journal = store.open_journal(cache, {**settings, "weights_sha256": sha})
-            n_computed, rate = _infer(model, preprocess, table, todo, settings, batch_size, journal, src, part_rows, progress)
-        ok = [k for k in keys if k in src.index]
-        failed = [(p, s, src.failed[(p, s)]) for p, s in keys if (p, s) in src.failed and (p, s) not in src.index]
-        ok_rows = table[[k in src.index for k in keys]]
-        changed = (n_computed > 0 or src.old is None or src.parts
-                   or _rows_changed(src.old, ok_rows, ds.class_names, failed))
-        if changed:
-            if not ok:
-                raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
-            attrs = {**settings, "weights_sha256": sha, "class_names": json.dumps(ds.class_names),
-                     "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
-                     "engine": "tf", "featurize_images_per_s": rate, "seed": seed,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
-            rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
-            dim = _dim(src)
-            try:
-                store.write_cache(cache, attrs, rows, src.blocks(ok), dim, failed)
-            except OSError as exc:
-                raise CacheError(f"{cache}: cannot write the cache ({exc.strerror or exc}); free disk space and rerun: the previous cache and all computed features are intact") from None
-        shutil.rmtree(journal, ignore_errors=True)
+            model, preprocess, dims = _build(bb, weights, settings_list[0], choices, seed)
+            sha = weights_checksum(model)
+            for t in targets:
+                t.accept_weights(sha, log)
+            todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
+            n_computed, rate = _infer(model, preprocess, table, todo, settings_list[0], batch_size, targets, dims, part_rows, progress)
+        results = []
+        for t in targets:
+            results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0))
+    return results
+
+
+def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_computed: int, rate: float,
+            seed: int, t0: float) -> FeaturizeResult:
+    """Write the cache if anything changed, clear the journal, and describe the outcome."""
+    src, cache = t.src, t.cache
+    table = ds.table
+    ok = [k for k in keys if k in src.index]
+    failed = [(p, s, src.failed[(p, s)]) for p, s in keys if (p, s) in src.failed and (p, s) not in src.index]
+    ok_rows = table[[k in src.index for k in keys]]
+    if not n_computed:
+        rate = float(src.old_attrs.get("featurize_images_per_s", 0.0) or 0.0)
+    changed = n_computed > 0 or src.old is None or bool(src.parts) or _rows_changed(src.old, ok_rows, ds.class_names, failed)
+    if changed:
+        if not ok:
+            raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
+        attrs = {**t.settings, "weights_sha256": t.sha, "class_names": json.dumps(ds.class_names),
+                 "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
+                 "engine": "tf", "featurize_images_per_s": rate, "seed": seed,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
+        rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
+        try:
+            store.write_cache(cache, attrs, rows, src.blocks(ok), _dim(src), failed)
+        except OSError as exc:
+            raise CacheError(f"{cache}: cannot write the cache ({exc.strerror or exc}); free disk space and rerun: the previous cache and all computed features are intact") from None
+    shutil.rmtree(t.journal, ignore_errors=True)
     return FeaturizeResult(cache=cache, dataset=ds, n_images=len(ok), n_computed=n_computed,
                            n_reused=len(ok) - min(n_computed, len(ok)), failed=[(p, r) for p, _, r in failed],
                            images_per_s=rate if n_computed else 0.0, seconds=time.perf_counter() - t0,
-                           problems=list(ds.problems), settings={**settings, "weights_sha256": sha})
+                           problems=list(ds.problems), settings={**t.settings, "weights_sha256": t.sha})
 
 
 def _versions() -> dict[str, str]:
@@ -242,16 +288,27 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
         return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
 
 
-def _build(bb: Any, weights: str, settings: dict[str, Any], seed: int) -> tuple[Any, Any]:
+def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int) -> tuple[Any, Any, list[int]]:
+    """One model for every layer choice: outputs concatenated, with the column width of each choice."""
+    import keras
+
     w, h = parse_size(settings["image_size"])
     base = build_base(bb, weights, (w, h), seed=seed)
-    model = feature_model(base, resolve_layers(bb, settings["layers"]), settings["pooling"])
-    return model, bb.preprocess_fn()
+    heads = [feature_model(base, resolve_layers(bb, c), settings["pooling"], prefix=f"c{i}_" if i else "")
+             for i, c in enumerate(choices)]
+    dims = [int(m.output.shape[-1]) for m in heads]
+    if len(heads) == 1:
+        return heads[0], bb.preprocess_fn(), dims
+    outs = keras.layers.Concatenate(name="all_choices")([m.output for m in heads])
+    return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims
 
 
 def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
-           journal: Path, src: _Sources, part_rows: int, progress: bool) -> tuple[int, float]:
-    """Run the model over ``todo`` rows, journaling every ``part_rows`` images. Returns (count, images/s)."""
+           targets: list[_Target], dims: list[int], part_rows: int, progress: bool) -> tuple[int, float]:
+    """Run the model over ``todo`` rows, journaling every ``part_rows`` images into each target's journal.
+
+    The model's output columns are the targets' features side by side (widths ``dims``). Returns (count, images/s).
+    """
     from featurize.pipeline import image_dataset, make_forward
 
     size = parse_size(settings["image_size"])
@@ -259,20 +316,23 @@ def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: d
     forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
     sub = table.iloc[todo]
     paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()
+    bounds = np.cumsum([0, *dims])
     buf: dict[str, list[Any]] = {"path": [], "sha1": [], "features": [], "failed_path": [], "failed_sha1": [], "failed_reason": []}
 
     def flush() -> None:
         if not buf["path"] and not buf["failed_path"]:
             return
-        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, 0), np.float32)
-        part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str), features=feats,
-                          failed_path=np.array(buf["failed_path"], dtype=str), failed_sha1=np.array(buf["failed_sha1"], dtype=str),
-                          failed_reason=np.array(buf["failed_reason"], dtype=str))
-        try:
-            store.write_part(journal, part)
-        except OSError as exc:
-            raise CacheError(f"{journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the {len(src.parts)} batches already saved are intact") from None
-        src.add_part(part)
+        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, int(bounds[-1])), np.float32)
+        for k, t in enumerate(targets):
+            part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str),
+                              features=np.ascontiguousarray(feats[:, bounds[k]:bounds[k + 1]]),
+                              failed_path=np.array(buf["failed_path"], dtype=str), failed_sha1=np.array(buf["failed_sha1"], dtype=str),
+                              failed_reason=np.array(buf["failed_reason"], dtype=str))
+            try:
+                store.write_part(t.journal, part)
+            except OSError as exc:
+                raise CacheError(f"{t.journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the batches already saved are intact") from None
+            t.src.add_part(part)
         for v in buf.values():
             v.clear()
 
@@ -284,9 +344,8 @@ def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: d
                 errs = [e.decode() for e in errors.numpy()]
                 feats = forward(images.numpy())
                 good = np.array([e == "" for e in errs])
-                idx = range(done, done + len(errs))
                 buf["features"].append(feats[good])
-                for j, e in zip(idx, errs):
+                for j, e in zip(range(done, done + len(errs)), errs):
                     if e:
                         buf["failed_path"].append(paths[j]); buf["failed_sha1"].append(shas[j]); buf["failed_reason"].append(e)
                     else:

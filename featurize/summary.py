@@ -5,7 +5,7 @@ from __future__ import annotations
 from featurize.run import FeaturizeResult
 
 
-def featurize_summary(res: FeaturizeResult, max_listed: int = 20) -> str:
+def featurize_summary(res: FeaturizeResult, max_listed: int = 20, with_subjects: bool = True) -> str:
     """A few lines: counts, rate, cache path, skipped files with reasons, data problems, leakage."""
     s = res.settings
     lines = [
@@ -22,7 +22,8 @@ def featurize_summary(res: FeaturizeResult, max_listed: int = 20) -> str:
             lines.append(f"  ... and {len(res.failed) - max_listed} more (all recorded in the cache)")
     for p in res.problems[:max_listed]:
         lines.append(f"warning: {p}")
-    lines += _subject_lines(res)
+    if with_subjects:
+        lines += _subject_lines(res)
     return "\n".join(lines)
 
 

@@ -189,3 +189,15 @@ def test_load_refuses_incomplete_cache(tmp_path: Path) -> None:
         f.attrs["complete"] = False
     with pytest.raises(CacheError, match="incomplete"):
         featurize.load(p)
+
+
+def test_one_pass_writes_one_cache_per_layer_choice(kaggle_root: Path, artifacts: Path) -> None:
+    many = frun.featurize_layers(kaggle_root, layer_choices=["last", "mid", "multi"], **{k: v for k, v in FAST.items()})
+    assert len({r.cache for r in many}) == 3 and all(r.n_computed == 20 for r in many)
+    last, mid, multi = (featurize.load(r.cache) for r in many)
+    assert last.X.shape[1] == 1280 and mid.meta["layers"] == "block_13_expand_relu"
+    assert multi.X.shape[1] == 192 + 576 + 1280  # block_6_expand, block_13_expand, last
+    alone = featurize.load(_feat(kaggle_root, layers="mid", artifacts=artifacts / "alone").cache)
+    np.testing.assert_allclose(mid.X, alone.X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(multi.X[:, -1280:], last.X, rtol=1e-5, atol=1e-5)
+    assert all(r.n_computed == 0 for r in frun.featurize_layers(kaggle_root, layer_choices=["last", "mid"], **FAST))
