@@ -64,8 +64,8 @@ def infer_for_dataset(ds: Dataset, artifacts: str | os.PathLike[str] | None = No
             keys = list(zip(table["path"], table["sha1"]))
             if all(k in lookup for k in keys):
                 return _Inferred(np.array([lookup[k] for k in keys], dtype=object), None)
-        except (OSError, KeyError, ValueError):
-            pass
+        except (OSError, KeyError, ValueError, DataError):
+            log(f"{path}: unreadable, inferring subjects again")
     log(f"inferring subjects from {len(table)} slices (clustering near-duplicates)...")
     X = thumbnails(table["abspath"].tolist())
     inference = infer_subjects(X)
