@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
@@ -11,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import typer
 from rich.console import Console
 
+from featurize.config import report_path
 from featurize.errors import AlzmriError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -93,6 +95,105 @@ def featurize(
 
 
 @app.command()
+def classify(
+    data: str = DataOpt,
+    backbone: str = typer.Option("all", "--backbone", "-b", help="A cached backbone, or all."),
+    head: str = typer.Option("all", "--head", help="logreg | svm | mlp | all (comma list allowed)."),
+    protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
+    task: str = typer.Option("stages", "--label-map", "--task", help="stages | binary | OLD=NEW,...,*=NEW."),
+    permutation: int = typer.Option(0, "--permutation", min=0, help="Refit N times with labels shuffled by subject: chance score and p-value."),
+    by_subject: bool = typer.Option(False, "--by-subject", help="Decide per subject (mean slice probabilities) in the confusion plots."),
+    n_jobs: int = typer.Option(2, "--n-jobs", min=1, help="Parallel CV folds."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    artifacts: Optional[str] = ArtifactsOpt,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Train scikit-learn heads on cached features, evaluate honestly, and upsert report.csv."""
+    from classify.report import format_report
+    from classify.run import classify_dataset
+
+    df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
+                                       permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
+                                       progress=not no_progress, task=task, log=_say))
+    out.print(format_report(df, "table"), highlight=False)
+    for p in df.attrs.get("bundles", [])[:1]:
+        out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
+
+
+@app.command()
+def report(
+    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json."),
+    artifacts: Optional[str] = ArtifactsOpt,
+) -> None:
+    """Print report.csv sorted by balanced accuracy, and redraw the plots."""
+    from classify.run import report_command
+
+    out.print(_run(lambda: report_command(artifacts, fmt)), highlight=False, markup=False)
+
+
+@app.command()
+def baseline(
+    data: str = DataOpt,
+    model: str = typer.Option("scratch", "--model", help="scratch (compact CNN, random init) | finetune (pretrained backbone)."),
+    backbone: str = typer.Option("mobilenetv2", "--backbone", "-b", help="Backbone for --model finetune."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH (finetune)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x160 finetune)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default per model)."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
+    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
+    subjects: str = SubjectsOpt,
+    classes: Optional[str] = typer.Option(None, "--classes"),
+    seed: int = typer.Option(0, "--seed", min=0),
+    artifacts: Optional[str] = ArtifactsOpt,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
+    _quiet_tf()
+    from classify.baseline import train_baseline
+
+    res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
+                                      epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
+                                      protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
+                                      seed=seed, progress=not no_progress, log=_say))
+    out.print(res.summary() if hasattr(res, "summary") else str(res), highlight=False, markup=False)
+
+
+@app.command()
+def sweep(
+    data: str = DataOpt,
+    backbones: str = typer.Option("mobilenetv2", "--backbones", help="Comma list of backbones."),
+    layers: str = typer.Option("last,mid,multi", "--layers", help="Semicolon or comma list of layer choices: last, mid, multi (or LAYER+LAYER)."),
+    heads: str = typer.Option("all", "--heads", help="Comma list of heads, or all."),
+    tasks: str = typer.Option("stages,binary", "--task", help="Comma list of tasks: stages, binary (label maps with ';' between tasks)."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH, or per backbone: mobilenetv2=imagenet,*=none."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for every backbone."),
+    criterion: str = typer.Option("balanced_accuracy", "--criterion", help="balanced_accuracy | subject_balanced_accuracy | roc_auc | subject_roc_auc."),
+    n_jobs: int = typer.Option(2, "--n-jobs", min=1),
+    seed: int = typer.Option(0, "--seed", min=0),
+    artifacts: Optional[str] = ArtifactsOpt,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Evaluate backbones x layers x heads x tasks under subject-cv; report the top 10, a nested estimate, and save the winner."""
+    _quiet_tf()
+    from classify.sweep import format_sweep, run_sweep
+
+    def split(text: str, seps: str = ",") -> list[str]:
+        for sep in seps[1:]:
+            text = text.replace(sep, seps[0])
+        return [t.strip() for t in text.split(seps[0]) if t.strip()]
+
+    task_list = split(tasks, ";") if ";" in tasks or "=" in tasks else split(tasks)
+    layer_list = split(layers, ";") if ";" in layers else split(layers)
+    results = _run(lambda: run_sweep(data, split(backbones), layer_list, split(heads), task_list, weights=weights,
+                                     image_size=image_size, criterion=criterion, artifacts=artifacts, n_jobs=n_jobs,
+                                     seed=seed, progress=not no_progress, log=_say))
+    for res in results:
+        out.print(format_sweep(res), highlight=False, markup=False)
+
+
+@app.command()
 def subjects(
     data: str = DataOpt,
     mode: str = typer.Option("infer", "--subjects", help="infer (cluster near-duplicate slices) | column | regex:PATTERN."),
@@ -154,6 +255,30 @@ def demo(
                                 baseline_epochs=epochs, progress=not no_progress, log=_say))
     out.print(res.table, highlight=False)
     out.print(f"report: {res.report}   (alzmri report --artifacts ... to see it again; plots beside it)", highlight=False)
+
+
+@app.command()
+def predict(
+    inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images."),
+    model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` or a .keras model from `baseline`."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
+    by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+) -> None:
+    """Predict the stage of new slices with a saved model (never needs the training data)."""
+    _quiet_tf()
+    from classify.predict import format_predictions, predict_paths
+
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    table, subjects = _run(lambda: predict_paths(model, inputs, batch_size, weights, by_subject, progress=fmt == "table", log=_say))
+    out.print(format_predictions(table, fmt), highlight=False, markup=False)
+    if subjects is not None:
+        out.print(format_predictions(subjects, fmt), highlight=False, markup=False)
+    n_bad = int(table["error"].astype(bool).sum())
+    if n_bad:
+        _say(f"{n_bad} file(s) could not be read (see the error column)")
 
 
 def main() -> None:

@@ -55,3 +55,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared data not present (../shared/data/alzheimer-mri)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_signing_key(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Never touch the user's real model-signing key from tests."""
+    os.environ["ALZMRI_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "signing.key")

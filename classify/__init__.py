@@ -1,0 +1,1 @@
+"""classify: scikit-learn heads on cached embeddings, honest subject-aware evaluation, report, plots, bundles."""

@@ -1,0 +1,206 @@
+"""Fitted model bundles: a joblib file plus an HMAC-SHA256 signature sidecar.
+
+Naming: ``artifacts/models/<dataset-id>/<backbone>__<head>[__<weights>][__<layers>][__<task>][__<protocol>].joblib``
+where a part is added only when it differs from the default (weights ``imagenet``, layers ``last``, task
+``stages``, protocol ``official``), so the common case stays ``mobilenetv2__logreg.joblib`` and runs with
+other settings never overwrite each other.
+
+Why a signature: unpickling (joblib) executes code chosen by whoever wrote the file. ``load_bundle`` only
+unpickles bytes whose HMAC matches the current user's secret key (``$ALZMRI_KEY_FILE``, default
+``~/.config/alzmri/signing.key``, created 0600 on first save), i.e. files this user's alzmri wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from featurize.config import models_dir
+from featurize.errors import AlzmriError
+
+KEY_ENV = "ALZMRI_KEY_FILE"
+BUNDLE_FORMAT = 1
+BACKBONE_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers")
+DEFAULTS = {"weights": "imagenet", "layers": "last", "task": "stages", "protocol": "official"}
+
+
+@dataclass
+class ModelBundle:
+    """A fitted head and everything needed to use it on new images.
+
+    ``backbone`` holds the feature extractor spec (name as ``backbone``, weights tag, weights_sha256, image_size,
+    pooling, resize, layers): new images must be featurized with exactly these settings.
+    ``pipeline.predict_proba`` columns follow ``pipeline.classes_`` (indices into ``class_names``).
+    """
+
+    pipeline: Any
+    class_names: list[str]
+    backbone: dict[str, Any]
+    fingerprint: str
+    head: str
+    protocol: str
+    selection: str = "balanced_accuracy"
+    task: str = "stages"
+    best_params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset_id: str = ""
+    tool_version: str = ""
+    sklearn_version: str = ""
+    created: str = ""
+    format: int = BUNDLE_FORMAT
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Scores (n, len(class_names)) in class order; classes the model never saw score 0."""
+        proba = self.pipeline.predict_proba(X)
+        out = np.zeros((len(X), len(self.class_names)))
+        out[:, np.asarray(self.pipeline.classes_, dtype=int)] = proba
+        return out
+
+    def predict(self, X: np.ndarray) -> list[str]:
+        """Predicted class names."""
+        return [self.class_names[int(i)] for i in self.pipeline.predict(X)]
+
+
+def tool_version() -> str:
+    """The installed alzmri version ("0+unknown" when not installed)."""
+    try:
+        from importlib.metadata import version
+
+        return version("alzmri")
+    except Exception:  # not installed as a distribution (e.g. run from a checkout)
+        return "0+unknown"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str = "last", task: str = "stages",
+                protocol: str = "official") -> str:
+    """File name of a bundle (see the module docstring for the rule)."""
+    parts = [_slug(backbone), _slug(head)]
+    for key, value in (("weights", weights), ("layers", layers), ("task", task), ("protocol", protocol)):
+        if value and value != DEFAULTS[key]:
+            v = str(value)
+            # Custom label maps can be long and full of symbols: name them by a short hash.
+            parts.append(f"custom-{hashlib.sha1(v.encode()).hexdigest()[:8]}" if v.startswith("custom:") else _slug(v))
+    return "__".join(parts) + ".joblib"
+
+
+def bundle_path(dataset_id: str, backbone: str, head: str, artifacts: str | os.PathLike[str] | None = None,
+                weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official") -> Path:
+    """Where the bundle of (dataset, backbone, head, ...) lives."""
+    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights, layers, task, protocol)
+
+
+def list_bundles(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Every signed bundle of a dataset, sorted by name."""
+    folder = models_dir(dataset_id, artifacts)
+    return sorted(p for p in folder.glob("*.joblib") if sig_path(p).is_file()) if folder.is_dir() else []
+
+
+def sig_path(path: str | os.PathLike[str]) -> Path:
+    """The signature sidecar of a bundle."""
+    return Path(f"{path}.sig")
+
+
+def key_file() -> Path:
+    """The signing key path: ``$ALZMRI_KEY_FILE`` or ``~/.config/alzmri/signing.key``."""
+    env = os.environ.get(KEY_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".config" / "alzmri" / "signing.key"
+
+
+def signing_key(create: bool = False) -> bytes:
+    """The per-user secret key; created (32 random bytes, hex, mode 0600) when ``create`` and absent."""
+    path = key_file()
+    if not path.is_file():
+        if not create:
+            raise AlzmriError(f"{path}: no signing key, so no model bundle can be trusted; bundles are only loaded "
+                              f"when signed by this user's key (set ${KEY_ENV} to the key used when saving)")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):  # another process may create it at the same moment
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+    key = path.read_text().strip().encode()
+    if len(key) < 32:
+        raise AlzmriError(f"{path}: signing key is too short; delete it to have a new one made (existing bundles "
+                          "must then be re-created)")
+    return key
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle) -> Path:
+    """Write ``bundle`` (joblib) and its signature sidecar, each atomically: model first, signature last, so a
+    crash in between leaves a model whose old signature no longer matches (refused, never trusted)."""
+    import sklearn
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle.tool_version = bundle.tool_version or tool_version()
+    bundle.sklearn_version = bundle.sklearn_version or sklearn.__version__
+    bundle.created = bundle.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    buf = io.BytesIO()
+    joblib.dump(bundle, buf, compress=3)
+    data = buf.getvalue()
+    key = signing_key(create=True)
+    sig = {"hmac": hmac.new(key, data, hashlib.sha256).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
+           "created": bundle.created, "algorithm": "HMAC-SHA256", "file": path.name}
+    _atomic_write(path, data)
+    _atomic_write(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
+    return path
+
+
+def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
+    """Verify the signature of ``path`` against this user's key, then unpickle it.
+
+    Refuses (AlzmriError) a missing file, a missing or malformed signature, or one made with another key or
+    for other bytes: unpickling runs arbitrary code, so unverified files are never opened.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AlzmriError(f"{path}: no such model bundle; run `alzmri classify --data ROOT` to train one")
+    risk = "loading an unsigned model file could run arbitrary code, so alzmri refuses it; re-create it with `alzmri classify`"
+    sp = sig_path(path)
+    if not sp.is_file():
+        raise AlzmriError(f"{path}: no signature file {sp.name}; {risk}")
+    try:
+        sig = json.loads(sp.read_text())
+        expected = str(sig["hmac"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AlzmriError(f"{sp}: malformed signature; {risk}") from None
+    data = path.read_bytes()  # verify and unpickle the very same bytes (no re-read in between)
+    actual = hmac.new(signing_key(create=False), data, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(actual, expected):
+        raise AlzmriError(f"{path}: signature does not match (file changed, or signed with another user's key "
+                          f"than {key_file()}); {risk}")
+    bundle = joblib.load(io.BytesIO(data))
+    if not isinstance(bundle, ModelBundle):
+        raise AlzmriError(f"{path}: not an alzmri model bundle; re-create it with `alzmri classify`")
+    return bundle

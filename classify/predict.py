@@ -1,0 +1,158 @@
+"""``alzmri predict``: classify new slices with a saved head bundle (.joblib) or an end-to-end model (.keras).
+
+It needs only the model file: the backbone is rebuilt from the spec saved in the bundle and verified against
+the saved weights checksum, so features are computed exactly as they were for training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from featurize.dataset import is_image_name
+from featurize.errors import AlzmriError, DataError, WeightsError
+
+Log = Callable[[str], None]
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Image files named directly, plus every image file below named folders (sorted)."""
+    files: list[str] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*") if is_image_name(f.name) and (f.is_file() or f.is_symlink()))
+        elif p.is_file() or p.is_symlink():
+            files.append(str(p))
+        else:
+            raise DataError(f"{p}: no such image or folder; pass image files or folders of images")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def _weights_arg(tag: str, weights: str | None) -> str:
+    if tag == "imagenet":
+        return "imagenet"
+    if tag == "random-init":
+        return "none"
+    if not weights:
+        raise WeightsError(f"this model was trained on features from a weights file ({tag}); pass the same file with --weights PATH")
+    return weights
+
+
+def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32, weights: str | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Rebuild the bundle's backbone, refuse mismatched weights, and featurize ``files`` in memory.
+
+    Returns features (rows of unreadable files are NaN) and the error per file ("" when fine).
+    """
+    from featurize.backbones import build_base, feature_model, get_backbone, resolve_layers, weights_checksum
+    from featurize.images import parse_size
+    from featurize.pipeline import image_dataset, make_forward
+    from featurize.progress import progress_bar
+
+    bb = get_backbone(spec["backbone"])
+    size = parse_size(spec["image_size"])
+    base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
+    layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
+    model = feature_model(base, layers, spec.get("pooling", "avg"))
+    got = weights_checksum(model)
+    if spec.get("weights_sha256") and got != spec["weights_sha256"]:
+        raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was trained on "
+                           f"({str(spec['weights_sha256'])[:12]}); features would not match, so predict refuses")
+    forward = make_forward(model, bb.preprocess_fn(), batch_size)
+    feats: list[np.ndarray] = []
+    errors: list[str] = []
+    with progress_bar(len(files), "predict", enabled=progress) as advance:
+        for images, errs in image_dataset(files, size, spec.get("resize", "stretch"), batch_size):
+            out = forward(images.numpy())
+            e = [x.decode() for x in errs.numpy()]
+            out[[bool(x) for x in e]] = np.nan
+            feats.append(out)
+            errors += e
+            advance(len(e))
+    return np.concatenate(feats), errors
+
+
+def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], batch_size: int = 32,
+                  weights: str | None = None, by_subject: str | None = None, progress: bool = False,
+                  log: Log = lambda s: None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
+
+    ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
+    slices' probabilities.
+    """
+    if batch_size < 1:
+        raise AlzmriError("--batch-size must be at least 1")
+    files = expand_inputs(inputs)
+    path = Path(model).expanduser()
+    if path.suffix == ".keras":
+        from classify.baseline import load_baseline, predict_files
+
+        _, meta = load_baseline(path)
+        class_names = list(meta["class_names"])
+        probs, errors = predict_files(path, files, batch_size)
+    elif path.suffix == ".joblib":
+        from classify.bundle import load_bundle
+
+        bundle = load_bundle(path)
+        class_names = list(bundle.class_names)
+        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress)
+        probs = np.full((len(files), len(class_names)), np.nan)
+        ok = np.array([not e for e in errors])
+        if ok.any():
+            probs[ok] = bundle.predict_proba(X[ok])
+    else:
+        raise AlzmriError(f"{path}: not a model file; pass a .joblib bundle from `alzmri classify` or a .keras model from `alzmri baseline`")
+    table = _table(files, probs, errors, class_names)
+    subjects = _by_subject(table, files, probs, class_names, by_subject, log) if by_subject else None
+    return table, subjects
+
+
+def _table(files: list[str], probs: np.ndarray, errors: list[str], class_names: list[str]) -> pd.DataFrame:
+    ok = ~np.isnan(probs).any(axis=1)
+    pred = np.where(ok, np.array(class_names, dtype=object)[np.nan_to_num(probs).argmax(axis=1)], "")
+    df = pd.DataFrame({"file": files, "predicted": pred})
+    for j, c in enumerate(class_names):
+        df[f"p_{c}"] = np.round(probs[:, j], 4)
+    df["error"] = errors
+    return df
+
+
+def _by_subject(table: pd.DataFrame, files: list[str], probs: np.ndarray, class_names: list[str], mode: str,
+                log: Log) -> pd.DataFrame:
+    from featurize.subjects import infer_subjects, subjects_from_regex, thumbnails
+
+    if mode.startswith("regex:"):
+        subjects = np.asarray(subjects_from_regex(files, mode[len("regex:"):]), dtype=object)
+    elif mode in ("infer", "auto"):
+        subjects = np.asarray(infer_subjects(thumbnails(files)).labels, dtype=object)
+    else:
+        raise AlzmriError(f"unknown --by-subject {mode!r}; use infer or regex:PATTERN")
+    table["subject"] = subjects
+    ok = ~np.isnan(probs).any(axis=1)
+    rows = []
+    for s in dict.fromkeys(subjects[ok]):
+        mean = probs[ok & (subjects == s)].mean(axis=0)
+        rows.append({"subject": s, "n_slices": int((ok & (subjects == s)).sum()), "predicted": class_names[int(mean.argmax())],
+                     **{f"p_{c}": round(float(mean[j]), 4) for j, c in enumerate(class_names)}})
+    log(f"{len(rows)} subject(s) among {int(ok.sum())} readable slices")
+    return pd.DataFrame(rows)
+
+
+def format_predictions(df: pd.DataFrame, fmt: str = "table") -> str:
+    """Render predictions as an aligned table, CSV or JSON."""
+    if fmt == "csv":
+        return df.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        return json.dumps(df.to_dict(orient="records"), indent=1, default=str)
+    shown = df
+    if "error" in shown and not shown["error"].astype(bool).any():
+        shown = shown.drop(columns="error")
+    return shown.to_string(index=False)

@@ -1,0 +1,188 @@
+"""``report.csv``: one row per (dataset, backbone, weights, layers, task, head, protocol), upserted atomically.
+
+Several commands (classify, baseline, sweep) and several processes write the same file, so every upsert
+is a locked read-modify-write followed by an atomic replace; unknown columns are kept, never dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from featurize.errors import AlzmriError
+
+KEY = ("dataset", "backbone", "weights", "layers", "task", "head", "protocol")
+COLUMNS = KEY + (
+    "n_train", "n_test", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std", "macro_f1",
+    "macro_f1_std", "roc_auc", "roc_auc_std", "subject_accuracy", "subject_accuracy_std", "subject_balanced_accuracy",
+    "subject_balanced_accuracy_std", "subject_roc_auc", "subject_roc_auc_std", "n_splits", "subjects_per_class",
+    "leakage", "chance_balanced_accuracy", "permutation_p", "best_params", "selection", "pca", "fit_seconds",
+    "predict_seconds", "featurize_images_per_s", "epochs", "class_names", "confusion", "subject_confusion",
+    "fingerprint", "model_path", "created",
+)
+FORMATS = ("table", "csv", "markdown", "json")
+# The compact view: (column, header) pairs shown by the table/markdown formats when present.
+COMPACT = (("dataset", "dataset"), ("backbone", "backbone"), ("weights", "weights"), ("layers", "layers"),
+           ("task", "task"), ("head", "head"), ("protocol", "protocol"), ("n_train", "n_train"), ("n_test", "n_test"),
+           ("balanced_accuracy", "bal_acc"), ("macro_f1", "macro_f1"), ("roc_auc", "auc"),
+           ("subject_balanced_accuracy", "subj_bal_acc"), ("leakage", "leak"), ("chance_balanced_accuracy", "chance"),
+           ("permutation_p", "perm_p"), ("fit_seconds", "fit_s"))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # A sidecar lock file (never replaced) serialises writers; the CSV itself is swapped atomically.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean(v: Any) -> Any:
+    """Plain CSV-friendly scalar: numpy scalars unwrapped, NaN/None -> NaN, containers -> JSON."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=str)
+    if isinstance(v, np.ndarray):
+        return json.dumps(v.tolist())
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return np.nan
+    return v
+
+
+def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
+    for k in KEY:
+        if k not in df.columns:
+            df[k] = ""
+        df[k] = df[k].astype(object).where(df[k].notna(), "").astype(str)
+    return df
+
+
+def read_report(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The report as a DataFrame (empty, with the standard columns, when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(COLUMNS))
+    try:
+        df = pd.read_csv(path, dtype={k: str for k in KEY}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise AlzmriError(f"{path}: unreadable report ({str(exc).splitlines()[0]}); move it aside and rerun") from None
+    return _key_frame(df)
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    # Standard columns first (in COLUMNS order), then per-class precision/recall, then anything new.
+    known = [c for c in COLUMNS if c in df.columns]
+    per_class = [c for c in df.columns if c.startswith(("recall_", "precision_")) and c not in known]
+    rest = [c for c in df.columns if c not in known and c not in per_class]
+    return df[known + per_class + rest]
+
+
+def upsert_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Insert or replace rows by KEY (a later row with the same key wins) and rewrite the CSV atomically.
+
+    Missing key fields are stored as "". Returns the whole report after the write.
+    """
+    path = Path(path)
+    new = _key_frame(pd.DataFrame([{k: _clean(v) for k, v in r.items()} for r in rows]))
+    with _locked(path):
+        old = read_report(path)
+        frames = [f for f in (old, new) if len(f)]
+        df = pd.concat(frames, ignore_index=True) if frames else new
+        df = df.drop_duplicates(subset=list(KEY), keep="last").reset_index(drop=True)
+        df = _ordered(df)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            df.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    return df
+
+
+# ------------------------------------------------------------------ formatting
+
+def _num(v: Any, std: Any = None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, "±std" when a std is given; "" for missing."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
+    if math.isnan(f):
+        return ""
+    try:
+        sd = float(std)
+    except (TypeError, ValueError):
+        sd = float("nan")
+    return f"{f:.{digits}f}" + (f"±{sd:.{digits}f}" if not math.isnan(sd) else "")
+
+
+def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    df = df.copy()
+    if "balanced_accuracy" in df.columns:
+        df["_sort"] = pd.to_numeric(df["balanced_accuracy"], errors="coerce")
+        df = df.sort_values("_sort", ascending=False, na_position="last", kind="stable")
+    # Columns that are the same on every row (one dataset, default layers) are noise in a terminal table.
+    # Weights always show: a random-init row must never pass for transfer learning.
+    cols = [(c, h) for c, h in COMPACT if c in df.columns and df[c].notna().any()
+            and not (c in ("dataset", "layers", "task") and df[c].nunique(dropna=False) <= 1 and len(df) > 1)]
+    body = []
+    for _, r in df.iterrows():
+        line = []
+        for c, _h in cols:
+            if c in ("fit_seconds",):
+                line.append(_num(r[c], digits=1))
+            elif c in ("n_train", "n_test", "leakage"):
+                line.append(_num(r[c], digits=0))
+            elif c == "permutation_p":
+                line.append(_num(r[c], digits=3))
+            elif c in ("balanced_accuracy", "macro_f1", "roc_auc", "subject_balanced_accuracy", "chance_balanced_accuracy"):
+                line.append(_num(r[c], r.get(f"{c}_std")))
+            else:
+                line.append("" if pd.isna(r[c]) else str(r[c]))
+        body.append(line)
+    return [h for _, h in cols], body
+
+
+def format_report(df: pd.DataFrame, fmt: str = "table") -> str:
+    """Render the report: ``table`` (rich, best balanced accuracy first, compact columns), ``markdown``
+    (same columns), ``csv`` or ``json`` (all columns)."""
+    if fmt not in FORMATS:
+        raise AlzmriError(f"unknown report format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return df.to_json(orient="records", indent=2)
+    headers, body = _compact(df)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
+        return "\n".join(lines)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"alzmri report ({len(df)} rows; bal_acc = balanced accuracy, ± = std over folds)",
+                  show_lines=False, pad_edge=False)
+    numeric = {"n_train", "n_test", "bal_acc", "macro_f1", "auc", "subj_bal_acc", "leak", "chance", "perm_p", "fit_s"}
+    for h in headers:
+        table.add_column(h, justify="right" if h in numeric else "left", no_wrap=True)
+    for row in body:
+        table.add_row(*row)
+    buf = io.StringIO()
+    Console(file=buf, width=250, force_terminal=False, color_system=None).print(table)
+    return buf.getvalue().rstrip("\n")
