@@ -164,3 +164,47 @@ def test_train_test_class_mismatch_is_reported(tmp_path: Path) -> None:
     ds = scan(root)
     assert any("ModerateDemented" in p and "not in train" in p for p in ds.problems)
     assert any("Empty" in p and "empty class folder" in p for p in ds.problems)
+
+
+def test_cache_from_an_older_format_is_rebuilt(kaggle_root: Path, artifacts: Path) -> None:
+    import h5py
+
+    res = frun.featurize_dataset(kaggle_root, **FAST)
+    with h5py.File(res.cache, "r+") as f:
+        f.attrs["format_version"] = 0
+    msgs: list[str] = []
+    again = frun.featurize_dataset(kaggle_root, **FAST, log=msgs.append)
+    assert again.n_computed == 20 and any("another version" in m for m in msgs)
+    assert featurize.load(again.cache).meta["format_version"] == store.FORMAT_VERSION
+
+
+def test_ctrl_c_in_classify_keeps_only_finished_rows_and_a_rerun_completes(kaggle_root: Path, artifacts: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    import classify.run as crun
+    from classify.bundle import list_bundles, load_bundle
+    from featurize.dataset import dataset_id
+
+    frun.featurize_dataset(kaggle_root, **FAST)
+    real = crun.evaluate
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(crun, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            crun.classify_dataset(kaggle_root, heads=["logreg", "svm"], progress=False, log=lambda s: None)
+    report = pd.read_csv(artifacts / "report.csv")
+    assert list(report["head"]) == ["logreg"]
+    bundles = list_bundles(dataset_id(kaggle_root))
+    assert [b.name for b in bundles] == ["mobilenetv2__logreg__random-init.joblib"]
+    load_bundle(bundles[0])  # what was written is complete and verifiable
+    crun.classify_dataset(kaggle_root, heads=["logreg", "svm"], progress=False, log=lambda s: None)
+    report = pd.read_csv(artifacts / "report.csv")
+    assert sorted(report["head"]) == ["logreg", "svm"]
