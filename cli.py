@@ -137,7 +137,7 @@ def baseline(
     model: str = typer.Option("scratch", "--model", help="scratch (compact CNN, random init) | finetune (pretrained backbone)."),
     backbone: str = typer.Option("mobilenetv2", "--backbone", "-b", help="Backbone for --model finetune."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH (finetune)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x160 finetune)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x192 finetune)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default per model)."),
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
     unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
