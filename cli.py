@@ -99,6 +99,7 @@ def classify(
     data: str = DataOpt,
     backbone: str = typer.Option("all", "--backbone", "-b", help="A cached backbone, or all."),
     head: str = typer.Option("all", "--head", help="logreg | svm | mlp | all (comma list allowed)."),
+    layers: str = typer.Option("all", "--layers", help="Which cached layer choice: last | mid | multi | LAYER,... | all."),
     protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
     task: str = typer.Option("stages", "--label-map", "--task", help="stages | binary | OLD=NEW,...,*=NEW."),
     permutation: int = typer.Option(0, "--permutation", min=0, help="Refit N times with labels shuffled by subject: chance score and p-value."),
@@ -114,7 +115,7 @@ def classify(
 
     df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
-                                       progress=not no_progress, task=task, log=_say))
+                                       progress=not no_progress, task=task, log=_say, layers=layers))
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)

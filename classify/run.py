@@ -38,7 +38,8 @@ def plots_dir(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) 
 
 
 def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
-                  artifacts: str | os.PathLike[str] | None = None, log: Log = lambda s: None) -> list[Path]:
+                  artifacts: str | os.PathLike[str] | None = None, log: Log = lambda s: None,
+                  layers: str = "all") -> list[Path]:
     """The complete caches of ``data_root`` for ``backbone`` ("all", a name, or "a,b").
 
     CacheError naming the `alzmri featurize` command to run when a requested backbone has none. When several
@@ -64,6 +65,15 @@ def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
                 raise CacheError(f"no {b} feature cache for {data_root} (looked in {features_dir(ds_id, artifacts)}); "
                                  f"run `alzmri featurize --data {data_root} --backbone {b}` first")
             chosen += hits
+    if layers not in ("all", "", None):
+        from featurize.backbones import get_backbone, layers_tag, resolve_layers
+
+        tags = {layers_tag(resolve_layers(get_backbone(str(a.get("backbone"))), layers)) for _, a in chosen}
+        kept = [(p, a) for p, a in chosen if str(a.get("layers")) in tags]
+        if not kept:
+            raise CacheError(f"no cache with --layers {layers} for {data_root}; run `alzmri featurize --data {data_root} "
+                             f"--backbone {backbone if backbone != 'all' else 'NAME'} --layers {layers}` first")
+        chosen = kept
     by_key: dict[tuple[str, str, str], list[Path]] = {}
     for p, a in chosen:
         by_key.setdefault((str(a.get("backbone")), str(a.get("weights")), str(a.get("layers"))), []).append(p)
@@ -125,7 +135,7 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
                      heads: list[str] | tuple[str, ...] | str = ("logreg", "svm", "mlp"), protocol: str = "official",
                      artifacts: str | os.PathLike[str] | None = None, permutation: int = 0, n_jobs: int = 2,
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
-                     pca: int | None | str = "default", log: Log | None = None) -> pd.DataFrame:
+                     pca: int | None | str = "default", log: Log | None = None, layers: str = "all") -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
@@ -154,7 +164,7 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
             said.append(msg)
             log(msg)
 
-    caches = select_caches(data_root, backbone, artifacts, warn)
+    caches = select_caches(data_root, backbone, artifacts, warn, layers)
     ds_id = dataset_id(data_root)
     rows: list[dict[str, Any]] = []
     bundles: list[Path] = []
