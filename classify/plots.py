@@ -109,7 +109,8 @@ def summary_png(path: str | os.PathLike[str], df: pd.DataFrame, title: str = "")
     df["model"] = df["backbone"].astype(str) + np.where(df["weights"].astype(str).isin(["imagenet", ""]), "",
                                                          " (" + df["weights"].astype(str) + ")")
     if "layers" in df and df["layers"].nunique() > 1:
-        df["model"] = df["model"] + " [" + df["layers"].astype(str) + "]"
+        # Layer tags can be long chains (a+b+last): one layer per line keeps tick labels apart.
+        df["model"] = df["model"] + "\n" + df["layers"].astype(str).str.replace("+", "+\n", regex=False)
     tasks = list(dict.fromkeys(df["task"].astype(str)))
     seen = list(dict.fromkeys(df["head"].astype(str)))
     heads = [h for h in HEAD_ORDER if h in seen] + [h for h in seen if h not in HEAD_ORDER]
@@ -118,7 +119,7 @@ def summary_png(path: str | os.PathLike[str], df: pd.DataFrame, title: str = "")
     colors = {h: f"C{i % 10}" for i, h in enumerate(heads)}
     models_max = max(df[df["task"] == t]["model"].nunique() for t in tasks)
     width = max(6.0, 1.0 + models_max * (0.5 + 0.22 * len(combos)))
-    fig = Figure(figsize=(width, 3.6 * len(tasks) + 0.6))
+    fig = Figure(figsize=(width, 4.0 * len(tasks) + 0.6), layout="constrained")
     for ti, task in enumerate(tasks):
         ax = fig.add_subplot(len(tasks), 1, ti + 1)
         sub = df[df["task"] == task]
@@ -138,7 +139,7 @@ def summary_png(path: str | os.PathLike[str], df: pd.DataFrame, title: str = "")
         k = _n_classes(sub)
         if k:
             ax.axhline(1.0 / k, color="red", linestyle="--", linewidth=1, label=f"chance (1/{k})")
-        ax.set_xticks(range(len(models)), labels=models, rotation=15 if len(models) > 3 else 0)
+        ax.set_xticks(range(len(models)), labels=models, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("balanced accuracy")
         ax.set_title(f"{title + ' | ' if title else ''}task {task}", fontsize=10)
