@@ -53,7 +53,7 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, backbone: str = "m
     from featurize.synth import write_dataset
 
     art = artifacts_dir(artifacts)
-    data = art / "demo" / "data"
+    data = art / "demo" / "synthetic-mri"
     log(f"[1/5] generating synthetic MRI slices: 4 stages x {subjects_per_class} subjects x {slices_per_subject} slices -> {data}")
     write_dataset(data, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, fmt="png", split="slice")
     weights = pick_weights(backbone, weights, log)
