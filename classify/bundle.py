@@ -28,6 +28,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from featurize.atomic import write_bytes_durably
 from featurize.config import models_dir
 from featurize.errors import AlzmriError
 
@@ -142,20 +143,6 @@ def signing_key(create: bool = False) -> bytes:
     return key
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle) -> Path:
     """Write ``bundle`` (joblib) and its signature sidecar, each atomically: model first, signature last, so a
     crash in between leaves a model whose old signature no longer matches (refused, never trusted)."""
@@ -172,8 +159,8 @@ def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle) -> Path:
     key = signing_key(create=True)
     sig = {"hmac": hmac.new(key, data, hashlib.sha256).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
            "created": bundle.created, "algorithm": "HMAC-SHA256", "file": path.name}
-    _atomic_write(path, data)
-    _atomic_write(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
+    write_bytes_durably(path, data)
+    write_bytes_durably(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from featurize.atomic import atomic_path
 from featurize.errors import AlzmriError
 
 KEY = ("dataset", "backbone", "weights", "layers", "task", "head", "protocol")
@@ -104,14 +105,8 @@ def upsert_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> pd.
         df = pd.concat(frames, ignore_index=True) if frames else new
         df = df.drop_duplicates(subset=list(KEY), keep="last").reset_index(drop=True)
         df = _ordered(df)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
     return df
 
 

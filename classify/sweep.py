@@ -9,9 +9,7 @@ number for "run the sweep, deploy its winner"; the winner's own outer score is s
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from featurize.atomic import atomic_path
 from featurize.errors import AlzmriError
 
 Log = Callable[[str], None]
@@ -156,10 +155,8 @@ def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[s
         save_bundle(best_copy, bundle)
         table = sweep_table(ranked)
         out_csv = dataset_dir(ds_id, artifacts) / f"sweep_{task.replace(':', '-').replace('/', '_')}.csv"
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_csv.with_suffix(".tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, out_csv)
+        with atomic_path(out_csv) as tmp:
+            table.to_csv(tmp, index=False)
         log(f"sweep {task}: {len(cands)} combinations in {time.perf_counter() - t0:.0f} s; table {out_csv}")
         results.append(SweepResult(task=task, criterion=criterion, candidates=ranked, best=best, nested_score=nested,
                                    nested_choices=picks, model_path=best_copy, table=table))

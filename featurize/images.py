@@ -6,7 +6,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 RESIZE_MODES = ("stretch", "pad")
 # A 12,000 x 12,000 slice is 144 Mpx; allow it, but refuse true decompression bombs.

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from featurize.atomic import atomic_path
 from featurize.errors import CacheError
 from featurize.featureset import FeatureSet
 
@@ -118,10 +119,6 @@ def fingerprint(settings: dict[str, Any], paths: np.ndarray, sha1: np.ndarray) -
     return h.hexdigest()[:16]
 
 
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[str, np.ndarray],
                 feature_blocks: Iterator[np.ndarray], dim: int,
                 failed: list[tuple[str, str, str]] = ()) -> None:
@@ -130,11 +127,8 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
     ``rows`` holds equal-length string arrays path, label, split, subject, sha1; ``feature_blocks``
     yields float32 blocks in row order; ``failed`` lists (path, sha1, reason) of unreadable files.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(rows["path"])
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             feats = f.create_dataset("features", shape=(n, dim), dtype="float32",
                                      chunks=(max(1, min(n, 1024)), dim) if n else None, maxshape=(None, dim))
@@ -153,11 +147,6 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
                         fingerprint=fingerprint(attrs, rows["path"], rows["sha1"]))
             for k, v in meta.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def save(path: str | os.PathLike[str], fs: FeatureSet) -> None:
@@ -218,19 +207,12 @@ def write_part(journal: Path, part: Part) -> Path:
     while (journal / f"part-{seq:06d}.npz").exists():
         seq += 1
     final = journal / f"part-{seq:06d}.npz"
-    tmp = journal / f".part-{seq:06d}.tmp.npz"
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, path=part.path.astype(str), sha1=part.sha1.astype(str), features=part.features,
-                     failed_path=part.failed_path.astype(str), failed_sha1=part.failed_sha1.astype(str),
-                     failed_reason=part.failed_reason.astype(str))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, path=part.path.astype(str), sha1=part.sha1.astype(str), features=part.features,
+                 failed_path=part.failed_path.astype(str), failed_sha1=part.failed_sha1.astype(str),
+                 failed_reason=part.failed_reason.astype(str))
+        fh.flush()
+        os.fsync(fh.fileno())
     return final
 
 

@@ -1,0 +1,153 @@
+"""featurize.engines: the TF engine is make_forward; ONNX agrees with TF, is exported once and reused, falls back."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurize import engines
+from featurize.backbones import build_base, feature_model, get_backbone
+from featurize.errors import AlzmriError
+from featurize.pipeline import make_forward
+
+HAVE_ONNX = not engines.missing_packages("onnx")
+HAVE_OPENVINO = not engines.missing_packages("openvino")
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="onnx extra not installed (pip install 'alzmri[onnx]')")
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino / tf2onnx not installed")
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def net() -> tuple[object, object]:
+    bb = get_backbone("mobilenetv2")
+    return feature_model(build_base(bb, "none", (32, 32), seed=0), [], "avg"), bb.preprocess_fn()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def reference(net: tuple[object, object], images: np.ndarray) -> np.ndarray:
+    fwd = make_forward(*net, BATCH)
+    return np.concatenate([fwd(images[:BATCH]), fwd(images[BATCH:])])
+
+
+def _run(fwd: engines.Forward, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([fwd(images[:BATCH]), fwd(images[BATCH:])])  # a full batch, then a short one
+
+
+def test_tf_engine_equals_make_forward(net: tuple[object, object], images: np.ndarray, reference: np.ndarray) -> None:
+    fwd, used = engines.make_engine(*net, BATCH, engine="tf")
+    assert used == "tf"
+    np.testing.assert_array_equal(_run(fwd, images), reference)
+
+
+def test_unknown_engine_is_refused(net: tuple[object, object]) -> None:
+    with pytest.raises(AlzmriError, match="unknown engine"):
+        engines.make_engine(*net, BATCH, engine="cuda")
+
+
+def test_engine_key_is_file_name_safe() -> None:
+    key = engines.engine_key("resnet50", "ab" * 32, "224x224", ["conv3_block4_out", "last"], "avg")
+    assert key == "resnet50__" + "ab" * 8 + "__224x224__conv3_block4_out+last__avg"
+    assert "/" not in engines.engine_key("x", "0", "1x1", "a/b", "max")
+
+
+@needs_onnx
+def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images: np.ndarray, reference: np.ndarray,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports: list[Path] = []
+    real_export = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda *a, **k: exports.append(a[2]) or real_export(*a, **k))
+    logs: list[str] = []
+    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
+    assert used == "onnx" and logs == []
+    out = _run(fwd, images)
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    assert engines.relative_error(out, reference) <= 1e-4
+    cached = engines.onnx_path(tmp_path, "mnv2-test")
+    assert exports == [cached] and cached.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
+    stamp = cached.stat().st_mtime_ns
+    fwd2, used2 = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
+    assert used2 == "onnx" and len(exports) == 1 and cached.stat().st_mtime_ns == stamp and logs == []  # reused
+    np.testing.assert_allclose(_run(fwd2, images), out, rtol=0, atol=1e-6)
+
+
+@needs_onnx
+def test_auto_uses_an_onnx_runtime_on_cpu(net: tuple[object, object], images: np.ndarray, reference: np.ndarray,
+                                          tmp_path: Path) -> None:
+    fwd, used = engines.make_engine(*net, BATCH, engine="auto", cache_dir=tmp_path, key="k")
+    assert used in ("onnx", "openvino")
+    assert engines.relative_error(_run(fwd, images), reference) <= 1e-4
+
+
+@needs_openvino
+def test_openvino_engine_matches_tf(net: tuple[object, object], images: np.ndarray, reference: np.ndarray,
+                                    tmp_path: Path) -> None:
+    fwd, used = engines.make_engine(*net, BATCH, engine="openvino", cache_dir=tmp_path, key="k")
+    assert used == "openvino"
+    assert engines.relative_error(_run(fwd, images), reference) <= 1e-4
+    assert fwd(images[:1]).shape == (1, reference.shape[1])
+
+
+@needs_onnx
+def test_mismatch_falls_back_to_tf_with_a_message(net: tuple[object, object], images: np.ndarray, reference: np.ndarray,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = engines.load_runtime
+
+    def wrong(*a: object, **k: object) -> engines.Forward:
+        fwd = real(*a, **k)
+        return lambda b: fwd(b) * 1.01  # 1% off: far beyond the 1e-4 tolerance
+
+    monkeypatch.setattr(engines, "load_runtime", wrong)
+    logs: list[str] = []
+    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="bad", log=logs.append)
+    assert used == "tf"
+    assert len(logs) == 1 and "disagrees with TF" in logs[0] and "using tf" in logs[0] and "\n" not in logs[0]
+    np.testing.assert_array_equal(_run(fwd, images), reference)
+    assert not engines.onnx_path(tmp_path, "bad").exists()  # a bad export is not kept for the next run
+
+
+@needs_onnx
+def test_stale_cached_export_is_replaced(net: tuple[object, object], tmp_path: Path) -> None:
+    path = engines.onnx_path(tmp_path, "k")
+    path.write_bytes(b"not an onnx model")
+    logs: list[str] = []
+    _, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k", log=logs.append)
+    assert used == "onnx" and any("re-exporting" in m for m in logs)
+    assert path.stat().st_size > 1000
+
+
+@needs_onnx
+def test_export_failure_falls_back(net: tuple[object, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> Path:
+        raise ValueError("unsupported op\nmore detail")
+
+    monkeypatch.setattr(engines, "export_onnx", boom)
+    logs: list[str] = []
+    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k", log=logs.append)
+    assert used == "tf" and logs == ["engine onnx failed (ValueError: unsupported op); using tf"]
+
+
+def test_missing_packages_fall_back_to_tf(net: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnxruntime", "openvino", "tf2onnx") else real(name, *a))
+    logs: list[str] = []
+    assert engines.make_engine(*net, BATCH, engine="auto", log=logs.append)[1] == "tf" and logs == []  # auto: quietly
+    assert engines.make_engine(*net, BATCH, engine="onnx", log=logs.append)[1] == "tf"
+    assert len(logs) == 1 and "pip install" in logs[0]
+
+
+def test_relative_error() -> None:
+    b = np.array([[1.0, -4.0]])
+    assert engines.relative_error(b, b) == 0.0
+    assert engines.relative_error(b + 0.004, b) == pytest.approx(1e-3)
+    assert engines.relative_error(np.zeros((1, 3)), b) == float("inf")
+    assert engines.relative_error(np.array([[np.nan, 0.0]]), b) == float("inf")
