@@ -67,6 +67,7 @@ def featurize(
     resize: str = typer.Option("stretch", "--resize", help="stretch | pad (keep aspect, pad with black)."),
     layers: list[str] = typer.Option(["last"], "--layers", help="last | mid | multi | LAYER,... (pooled, concatenated); repeat the option to cache several choices in one pass."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference batch."),
+    engine: str = typer.Option("auto", "--engine", help="auto (OpenVINO or ONNX Runtime on CPU when installed, else TF) | tf | onnx | openvino."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class order A,B,C (default: severity order for the Kaggle stages, else alphabetical)."),
     subjects: str = SubjectsOpt,
     artifacts: Optional[str] = ArtifactsOpt,
@@ -89,7 +90,8 @@ def featurize(
 
     results = _run(lambda: featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                                             resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
-                                            subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say))
+                                            subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
+                                            engine=engine))
     for res in results:
         out.print(featurize_summary(res, with_subjects=res is results[-1]), highlight=False)
 

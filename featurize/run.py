@@ -191,6 +191,7 @@ def featurize_layers(
     log: Log = lambda s: None,
     part_rows: int = 512,
     seed: int = 0,
+    engine: str = "auto",
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
@@ -221,7 +222,15 @@ def featurize_layers(
             for t in targets:
                 t.accept_weights(sha, log)
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
-            n_computed, rate = _infer(model, preprocess, table, todo, settings_list[0], batch_size, targets, dims, part_rows, progress)
+            from featurize.engines import engine_key, make_engine
+
+            st = settings_list[0]
+            key = engine_key(st["backbone"], sha, st["image_size"], choices, st["pooling"])
+            forward, engine_used = make_engine(model, preprocess, batch_size, engine, cache_dir=targets[0].cache.parent / "engines",
+                                               key=key, log=log)
+            n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
+            for t in targets:
+                t.settings["engine"] = engine_used
         results = []
         for t in targets:
             results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0))
@@ -244,7 +253,7 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
             raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
         attrs = {**t.settings, "weights_sha256": t.sha, "class_names": json.dumps(ds.class_names),
                  "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
-                 "engine": "tf", "featurize_images_per_s": rate, "seed": seed,
+                 "engine": t.settings.get("engine") or src.old_attrs.get("engine", "tf"), "featurize_images_per_s": rate, "seed": seed,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
         rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
         try:
@@ -303,16 +312,15 @@ def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], 
     return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims
 
 
-def _infer(model: Any, preprocess: Any, table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
+def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
            targets: list[_Target], dims: list[int], part_rows: int, progress: bool) -> tuple[int, float]:
     """Run the model over ``todo`` rows, journaling every ``part_rows`` images into each target's journal.
 
     The model's output columns are the targets' features side by side (widths ``dims``). Returns (count, images/s).
     """
-    from featurize.pipeline import image_dataset, make_forward
+    from featurize.pipeline import image_dataset
 
     size = parse_size(settings["image_size"])
-    forward = make_forward(model, preprocess, batch_size)
     forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
     sub = table.iloc[todo]
     paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()

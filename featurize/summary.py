@@ -11,7 +11,7 @@ def featurize_summary(res: FeaturizeResult, max_listed: int = 20, with_subjects:
     lines = [
         f"{res.dataset.dataset_id}: {res.n_images} images x {s['backbone']} ({s['weights']}, {s['image_size']}, {s['pooling']}, {s['resize']}, layers {s['layers']})",
         f"processed {res.n_computed}, reused {res.n_reused} from cache"
-        + (f", {res.images_per_s:.1f} images/s" if res.n_computed else " (no inference needed)")
+        + (f", {res.images_per_s:.1f} images/s on {s.get('engine', 'tf')}" if res.n_computed else " (no inference needed)")
         + f", {res.seconds:.1f} s in all",
         f"cache: {res.cache}",
     ]

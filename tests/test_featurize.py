@@ -16,7 +16,7 @@ from featurize.dataset import scan
 from featurize.errors import AlzmriError, CacheError, DataError
 from tests.conftest import write_images
 
-FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False)
+FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False, engine="tf")
 
 
 def _feat(data: Path, **kw: object) -> frun.FeaturizeResult:

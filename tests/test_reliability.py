@@ -21,14 +21,14 @@ from featurize.errors import CacheError
 from featurize.images import load_rgb
 from tests.conftest import write_images
 
-FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False)
+FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False, engine="tf")
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:
     code = ("import sys; from featurize.run import featurize_dataset; "
             "featurize_dataset(sys.argv[1], backbone='mobilenetv2', weights='none', image_size='96x96', subjects='none', "
-            "progress=False, batch_size=4, part_rows=8, artifacts=sys.argv[2])")
+            "progress=False, batch_size=4, part_rows=8, artifacts=sys.argv[2], engine='tf')")
     return subprocess.Popen([sys.executable, "-c", code, str(data), str(artifacts)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
