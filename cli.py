@@ -84,7 +84,6 @@ def featurize(
         return
     if not data:
         _fail("featurize needs --data ROOT (or --list to see the backbones)")
-    _quiet_tf()
     from featurize.run import featurize_layers
     from featurize.summary import featurize_summary
 

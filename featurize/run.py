@@ -268,12 +268,18 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
 
 
 def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
+    """Package versions, read from metadata so that a metadata-only rewrite does not import TensorFlow."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from featurize import __version__
 
-    return {"tf_version": tf.__version__, "keras_version": keras.__version__, "alzmri_version": __version__}
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return ""
+
+    return {"tf_version": v("tensorflow"), "keras_version": v("keras"), "alzmri_version": __version__}
 
 
 def _dim(src: _Sources) -> int:
@@ -299,6 +305,9 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
 
 def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int) -> tuple[Any, Any, list[int]]:
     """One model for every layer choice: outputs concatenated, with the column width of each choice."""
+    from featurize.tfquiet import import_tensorflow
+
+    import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
     import keras
 
     w, h = parse_size(settings["image_size"])
