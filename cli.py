@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from featurize.config import report_path
 from featurize.errors import AlzmriError
@@ -32,12 +33,12 @@ def _quiet_tf() -> None:
 
 
 def _say(msg: str) -> None:
-    err.print(msg, highlight=False)
+    err.print(msg, highlight=False, markup=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
     """Print one error line and exit non-zero."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
