@@ -78,6 +78,13 @@ def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images
     fwd2, used2 = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
     assert used2 == "onnx" and len(exports) == 1 and cached.stat().st_mtime_ns == stamp and logs == []  # reused
     np.testing.assert_allclose(_run(fwd2, images), out, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fwd2(images), out, rtol=0, atol=1e-6)  # longer than the batch: run in chunks
+
+
+def test_light_networks_use_small_runtime_batches(net: tuple[object, object]) -> None:
+    model = net[0]
+    assert 0 < 2 * engines.model_macs(model) / 1e9 < engines.LIGHT_GFLOP  # mobilenetv2 at 32x32
+    assert engines.inner_batch(model, 32) == engines.SMALL_BATCH and engines.inner_batch(model, 3) == 3
 
 
 @needs_onnx
@@ -94,6 +101,7 @@ def test_openvino_engine_matches_tf(net: tuple[object, object], images: np.ndarr
     fwd, used = engines.make_engine(*net, BATCH, engine="openvino", cache_dir=tmp_path, key="k")
     assert used == "openvino"
     assert engines.relative_error(_run(fwd, images), reference) <= 1e-4
+    assert engines.relative_error(fwd(images), reference) <= 1e-4  # longer than the batch: run in chunks
     assert fwd(images[:1]).shape == (1, reference.shape[1])
 
 
