@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,9 @@ def flops_per_image(model: Any) -> tuple[float, str]:
     """FLOPs of one forward pass: TF's profiler on the frozen graph, else 2 x the conv/dense MACs from layer shapes."""
     try:
         import tensorflow as tf
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
 
         h, w = int(model.input_shape[1]), int(model.input_shape[2])
         fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((1, h, w, 3), tf.float32))
@@ -130,33 +133,15 @@ def flops_per_image(model: Any) -> tuple[float, str]:
             prof = tf.compat.v1.profiler.profile(graph=convert_variables_to_constants_v2(fn).graph, options=opts)
         if prof.total_float_ops > 0:
             return float(prof.total_float_ops), "TF profiler"
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - the profiler is a deprecated v1 API: fall back to counting
         pass
     return 2.0 * layer_macs(model), "conv/dense MACs x 2"
 
 
 def layer_macs(model: Any) -> float:
-    """Multiply-accumulates of the conv and dense layers of a (functional) Keras model, batch 1."""
-    import keras
+    from featurize.engines import model_macs
 
-    macs = 0.0
-    for layer in model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers") else model.layers:
-        try:
-            out, cin = layer.output.shape, int(layer.input.shape[-1])
-        except (AttributeError, ValueError, TypeError):
-            continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw = layer.kernel_size
-            macs += out[1] * out[2] * out[3] * kh * kw
-        elif isinstance(layer, keras.layers.SeparableConv2D):
-            kh, kw = layer.kernel_size
-            macs += out[1] * out[2] * cin * (kh * kw + out[3])
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw = layer.kernel_size
-            macs += out[1] * out[2] * out[3] * kh * kw * cin / max(1, getattr(layer, "groups", 1))
-        elif isinstance(layer, keras.layers.Dense):
-            macs += cin * out[-1]
-    return macs
+    return model_macs(model)
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 2048) -> dict[str, float]:
@@ -266,8 +251,8 @@ def gray_rgb(path: str, size: tuple[int, int], resize: str = "stretch") -> np.nd
                         g.paste(im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), ((w - nw) // 2, (h - nh) // 2))
                     a = np.asarray(g, dtype=np.uint8)
                     return np.stack([a, a, a], axis=-1)
-    except Exception:
-        pass  # broken files, odd modes: the reference path decides and words the error
+    except Exception:  # noqa: BLE001, S110 - broken files, odd modes: the reference path decides and words the error
+        pass
     return load_rgb(path, size, resize)
 
 
@@ -324,9 +309,9 @@ def engine_in_featurize(engine: str, cache_dir: Path, info: dict[str, Any], pipe
     """Run ``featurize`` on ``engine``: through its ``engine=`` parameter when it has one, else by swapping
     ``featurize.pipeline.make_forward`` for ``make_engine`` (older run.py). Times every forward call
     (``info["infer_s"]``), keeps all exports in ``cache_dir``; ``pipeline`` swaps in a ``PIPELINES`` prototype."""
-    from featurize import run as frun
     import featurize.pipeline as pl
     from featurize import engines
+    from featurize import run as frun
 
     info.update(infer_s=0.0, engine="-")
     real_engine, real_forward, real_dataset = engines.make_engine, pl.make_forward, pl.image_dataset
@@ -563,7 +548,7 @@ def heads(data: str, artifacts: str) -> dict[str, Any]:
         try:
             df = classify_dataset(data, backbone="mobilenetv2", heads=[h], artifacts=artifacts, progress=False,
                                   log=lambda s: None)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing head is a row of the table, not the end of the benchmark
             out[h] = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
             continue
         wall = time.perf_counter() - t0
@@ -605,11 +590,12 @@ def report(r: dict[str, Any]) -> str:
     peak = max(r["peak"].values())
     lines = [f"## featurize benchmark: {r['backbone']} ({r['weights']} weights), {r['n']} images, batch {r['batch']}", "",
              f"Machine: {r['machine']}", f"Data: {r['source']}",
-             f"Model: {gf:.2f} GFLOP/image ({r['flops_how']}); float32 matmul peak {peak:.0f} GFLOP/s "
-             f"(numpy {r['peak']['numpy']:.0f}, TF {r['peak']['tf']:.0f}; 2048x2048, best single product over 1 s at the start and 1 s at the end).", ""]
+             (f"Model: {gf:.2f} GFLOP/image ({r['flops_how']}); float32 matmul peak {peak:.0f} GFLOP/s "
+              f"(numpy {r['peak']['numpy']:.0f}, TF {r['peak']['tf']:.0f}; 2048x2048, best single product over 1 s "
+              "at the start and 1 s at the end)."), ""]
     if r["weights"] != "imagenet":
-        lines += ["Weights: random init (`weights=\"none\"`): only MobileNetV2 has ImageNet weights offline; "
-                  "the FLOPs and speed are the same as with ImageNet weights.", ""]
+        lines += [("Weights: random init (`weights=\"none\"`): only MobileNetV2 has ImageNet weights offline; "
+                   "the FLOPs and speed are the same as with ImageNet weights."), ""]
     lines += ["| path | engine | images/s | GFLOP/s | % of peak | featurize / model-only | vs naive |",
               "|---|---|---:|---:|---:|---:|---:|"]
     lines.append(f"| (1) naive loop: load_img + model.predict per image ({r['naive_n']} images) | tf | {fmt(r['naive'])} "
@@ -819,10 +805,8 @@ def explore(args: argparse.Namespace) -> dict[str, Any]:
 def pipeline_explore(files: list[Path], model: Any, pre: Any, args: argparse.Namespace, md: list[str], work: Path,
                      engine: str) -> dict[str, float]:
     """Decode throughput of ``pipeline.image_dataset`` vs a plain thread pool, alone and feeding the engine."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from featurize import engines
-    from featurize.images import load_rgb
     from featurize.pipeline import image_dataset
 
     paths = [str(p) for p in files]

@@ -24,8 +24,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def gpu_visible() -> bool:
         import tensorflow as tf
 
         return bool(tf.config.list_physical_devices("GPU"))
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable TF means no GPU to prefer
         return False
 
 
@@ -130,7 +131,7 @@ def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, e
                             threads or cpu_threads()), engine
     except _Fallback as exc:
         log(f"engine {engine}: {exc}; using tf")
-    except Exception as exc:  # tf2onnx / runtimes raise many types; never let them stop featurize
+    except Exception as exc:  # noqa: BLE001 - tf2onnx / runtimes raise many types; never let them stop featurize
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         log(f"engine {engine} failed ({type(exc).__name__}: {msg}); using tf")
     return tf_engine()
@@ -159,7 +160,7 @@ def _onnx_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, 
                 if err <= tolerance:
                     return forward
                 log(f"engine {runtime}: cached export {path.name} disagrees with TF (relative error {err:.1e}); re-exporting")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any unreadable cached file is simply re-exported
                 log(f"engine {runtime}: cached export {path.name} unreadable ({type(exc).__name__}); re-exporting")
         export_onnx(model, preprocess, path)
         forward = load_runtime(path, runtime, batch_size, (h, w), threads)
@@ -199,7 +200,7 @@ def inner_batch(model: Any, batch_size: int) -> int:
     """Images per ONNX-runtime call: ``SMALL_BATCH`` for light networks (< ``LIGHT_GFLOP``), else ``batch_size``."""
     try:
         light = 2 * model_macs(model) / 1e9 < LIGHT_GFLOP
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unusual model just keeps the caller's batch
         light = False
     return min(batch_size, SMALL_BATCH) if light else batch_size
 

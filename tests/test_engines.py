@@ -140,7 +140,7 @@ def test_export_failure_falls_back(net: tuple[object, object], tmp_path: Path, m
 
     monkeypatch.setattr(engines, "export_onnx", boom)
     logs: list[str] = []
-    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k", log=logs.append)
+    _, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k", log=logs.append)
     assert used == "tf" and logs == ["engine onnx failed (ValueError: unsupported op); using tf"]
 
 
