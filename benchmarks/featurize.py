@@ -813,17 +813,8 @@ def pipeline_explore(files: list[Path], model: Any, pre: Any, args: argparse.Nam
     size, bs = (224, 224), args.batch_size
     fwd, used = engines.make_engine(model, pre, bs, engine, work / "engines", model_key(model), say)
 
-    def via_tfdata(infer: bool) -> float:
-        t0 = time.perf_counter()
-        for imgs, errs in image_dataset(paths, size, "stretch", bs):
-            b = imgs.numpy()
-            errs.numpy()
-            if infer:
-                fwd(b)
-        return len(paths) / (time.perf_counter() - t0)
-
     def via(kind: str, infer: bool) -> float:
-        make = PIPELINES[kind][1]
+        make = PIPELINES[kind][1] or image_dataset  # "tfdata" is the current pipeline itself
         t0 = time.perf_counter()
         for imgs, errs in make(paths, size, "stretch", bs):
             b = imgs.numpy()
@@ -832,11 +823,11 @@ def pipeline_explore(files: list[Path], model: Any, pre: Any, args: argparse.Nam
                 fwd(b)
         return len(paths) / (time.perf_counter() - t0)
 
-    via_tfdata(False)  # warm the page cache and tf.data
-    runs = {"decode only: tf.data + numpy_function (current)": lambda: via_tfdata(False),
+    via("tfdata", False)  # warm the page cache and tf.data
+    runs = {"decode only: tf.data + numpy_function (current)": lambda: via("tfdata", False),
             "decode only: thread pool, overlapped": lambda: via("threads", False),
             "decode only: thread pool, phased, gray fast path": lambda: via("phased", False),
-            f"decode + infer ({used}): tf.data (current)": lambda: via_tfdata(True),
+            f"decode + infer ({used}): tf.data (current)": lambda: via("tfdata", True),
             f"decode + infer ({used}): thread pool, overlapped": lambda: via("threads", True),
             f"decode + infer ({used}): thread pool, phased, gray fast path": lambda: via("phased", True)}
     xs = load_images(files[:args.model_images], size)
