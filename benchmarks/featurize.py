@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import statistics
@@ -217,111 +216,65 @@ def available_engines(wanted: str) -> list[str]:
     return [e for e in names if e == "auto" or not missing_packages(e)]
 
 
-class _Host:
-    """A numpy array posing as an eager tensor (``.numpy()``), so the prototype drops into ``run._infer`` as is."""
+def tfdata_batches(paths: Any, size: tuple[int, int], resize: str, batch_size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """The input pipeline featurize used before ``pipeline.image_batches``, kept here for comparison: tf.data ``map``
+    over ``tf.numpy_function(load_rgb)`` (AUTOTUNE parallel, deterministic), batched and prefetched."""
+    import tensorflow as tf
 
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-
-    def numpy(self) -> np.ndarray:
-        return self.a
-
-
-def gray_rgb(path: str, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
-    """``images.load_rgb`` with a fast path for 8-bit grayscale files (every MRI slice here): resize the one channel,
-    then replicate it, instead of resizing three identical channels. Same pixels (checked); else ``load_rgb``."""
-    from PIL import Image
-
-    from featurize.images import MAX_PIXELS, load_rgb
-
-    w, h = size
-    try:
-        if os.path.getsize(path) > 0 and resize in ("stretch", "pad") and Image.MAX_IMAGE_PIXELS is not None:
-            with Image.open(path) as im:
-                if im.mode == "L" and im.width * im.height <= MAX_PIXELS // 2:
-                    if im.format == "JPEG":
-                        im.draft("L", (w * 2, h * 2))
-                    im.load()
-                    if resize == "stretch":
-                        g = im.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
-                    else:
-                        scale = min(w / im.width, h / im.height)
-                        nw, nh = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-                        g = Image.new("L", (w, h))
-                        g.paste(im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0), ((w - nw) // 2, (h - nh) // 2))
-                    a = np.asarray(g, dtype=np.uint8)
-                    return np.stack([a, a, a], axis=-1)
-    except Exception:  # noqa: BLE001, S110 - broken files, odd modes: the reference path decides and words the error
-        pass
-    return load_rgb(path, size, resize)
-
-
-def thread_batches(paths: Any, size: tuple[int, int], resize: str, batch_size: int, parallel: int | None = None,
-                   ahead: bool = True, decoder: Callable[..., np.ndarray] | None = None) -> Iterator[tuple[Any, Any]]:
-    """Prototype replacement for ``pipeline.image_dataset``: the same (images, errors) batches in input order, decoded
-    by Pillow in a plain thread pool (Pillow releases the GIL); no tf.data, no numpy_function.
-
-    ``ahead``: decode batch k+1 while batch k is inferred (overlap); else decode each batch on all cores, then
-    hand it over (phased: decode never competes with the engine's threads for the cores).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from featurize.engines import cpu_threads
     from featurize.images import ImageError, load_rgb
 
     w, h = size
-    dec = decoder or load_rgb
 
-    def decode(path: str) -> tuple[np.ndarray, bytes]:
+    def decode(path: bytes) -> tuple[np.ndarray, bytes]:
         try:
-            return dec(path, size, resize), b""
+            return load_rgb(path.decode(), size, resize), b""
         except ImageError as exc:
             return np.zeros((h, w, 3), np.uint8), str(exc).encode()
 
-    def pack(got: list[tuple[np.ndarray, bytes]]) -> tuple[Any, Any]:
-        return _Host(np.stack([g[0] for g in got])), _Host(np.array([g[1] for g in got], dtype=object))
+    def tf_decode(path: Any) -> tuple[Any, Any]:
+        img, err = tf.numpy_function(decode, [path], [tf.uint8, tf.string], stateful=False)
+        img.set_shape((h, w, 3))
+        err.set_shape(())
+        return img, err
 
-    paths = [str(p) for p in paths]
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(parallel or cpu_threads()) as pool:
-        if not ahead:
-            for chunk in chunks:
-                yield pack(list(pool.map(decode, chunk)))
-            return
-        pending = [pool.submit(decode, p) for p in chunks[0]] if chunks else []
-        for k in range(len(chunks)):
-            got = [f.result() for f in pending]
-            if k + 1 < len(chunks):
-                pending = [pool.submit(decode, p) for p in chunks[k + 1]]
-            yield pack(got)
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray([str(p) for p in paths], dtype=str))
+    ds = ds.map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    for imgs, errs in ds:
+        yield imgs.numpy(), [e.decode() for e in errs.numpy()]
 
 
-PIPELINES: dict[str, tuple[str, Callable[..., Any] | None]] = {
-    "tfdata": ("tf.data + numpy_function (current pipeline.image_dataset)", None),
-    "threads": ("thread pool, next batch decoded during inference (prototype)", lambda *a: thread_batches(*a)),
-    "phased": ("thread pool, batch decoded on all cores then inferred, gray fast path (prototype)",
-               lambda *a: thread_batches(*a, ahead=False, decoder=gray_rgb)),
+def _batches(**options: Any) -> Callable[..., Iterator[tuple[np.ndarray, list[str]]]]:
+    def make(*a: Any, **k: Any) -> Iterator[tuple[np.ndarray, list[str]]]:
+        from featurize.pipeline import image_batches
+
+        return image_batches(*a, **{**k, **options})
+
+    return make
+
+
+# The input pipelines compared: featurize's own (first), and the alternatives it was chosen over.
+PIPELINES: dict[str, tuple[str, Callable[..., Iterator[tuple[np.ndarray, list[str]]]]]] = {
+    "current": ("pipeline.image_batches: thread pool at low priority, 2 batches ahead", _batches()),
+    "same-priority": ("the same threads at normal priority", _batches(low_priority=False)),
+    "phased": ("each batch decoded on all cores only when asked for, then inferred", _batches(ahead=0)),
+    "tf.data": ("tf.data map over tf.numpy_function, AUTOTUNE, prefetch (the previous pipeline)", tfdata_batches),
 }
 
 
 @contextlib.contextmanager
-def engine_in_featurize(engine: str, cache_dir: Path, info: dict[str, Any], pipeline: str = "tfdata") -> Iterator[dict[str, Any]]:
-    """Run ``featurize`` on ``engine``: through its ``engine=`` parameter when it has one, else by swapping
-    ``featurize.pipeline.make_forward`` for ``make_engine`` (older run.py). Times every forward call
-    (``info["infer_s"]``), keeps all exports in ``cache_dir``; ``pipeline`` swaps in a ``PIPELINES`` prototype."""
+def engine_in_featurize(cache_dir: Path, info: dict[str, Any], pipeline: str = "current") -> Iterator[None]:
+    """Inside, ``featurize`` keeps every ONNX export in ``cache_dir``, times every forward call (``info["infer_s"]``,
+    warm-up excluded) and reads its images through ``PIPELINES[pipeline]``."""
     import featurize.pipeline as pl
     from featurize import engines
-    from featurize import run as frun
 
     info.update(infer_s=0.0, engine="-")
-    real_engine, real_forward, real_dataset = engines.make_engine, pl.make_forward, pl.image_dataset
+    real_engine, real_batches = engines.make_engine, pl.image_batches
 
     def timed_engine(*a: Any, **k: Any) -> Any:
-        if len(a) < 5:  # one export cache for the whole benchmark: exports are timed once, as "set-up"
-            k["cache_dir"] = cache_dir
+        k["cache_dir"] = cache_dir  # one export cache for the whole benchmark: exports are timed once, as "set-up"
         fwd, used = real_engine(*a, **k)
         info["engine"] = used
-
         calls = [0]
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -335,34 +288,23 @@ def engine_in_featurize(engine: str, cache_dir: Path, info: dict[str, Any], pipe
 
         return run, used
 
-    def patched_forward(model: Any, preprocess: Any, batch_size: int) -> Any:
-        pl.make_forward = real_forward  # make_engine's TF path must reach the real one
-        try:
-            return timed_engine(model, preprocess, batch_size, engine, cache_dir, model_key(model), say)[0]
-        finally:
-            pl.make_forward = patched_forward
-
-    native = "engine" in inspect.signature(frun.featurize_layers).parameters
     engines.make_engine = timed_engine
-    if not native:
-        pl.make_forward = patched_forward
-    if PIPELINES[pipeline][1] is not None:
-        pl.image_dataset = PIPELINES[pipeline][1]
+    pl.image_batches = PIPELINES[pipeline][1]
     try:
-        yield {"engine": engine} if native else {}
+        yield
     finally:
-        engines.make_engine, pl.make_forward, pl.image_dataset = real_engine, real_forward, real_dataset
+        engines.make_engine, pl.image_batches = real_engine, real_batches
 
 
 def featurize_once(data: Path, artifacts: Path, backbone: str, weights: str, engine: str, batch: int,
-                   cache_dir: Path, subjects: str = "none", pipeline: str = "tfdata") -> dict[str, Any]:
+                   cache_dir: Path, subjects: str = "none", pipeline: str = "current") -> dict[str, Any]:
     """One featurize run into ``artifacts`` (fresh: computes every image); loop rate, wall, engine, inference share."""
     from featurize import run as frun
 
     info: dict[str, Any] = {}
-    with engine_in_featurize(engine, cache_dir, info, pipeline) as extra:
+    with engine_in_featurize(cache_dir, info, pipeline):
         res = frun.featurize_dataset(data, backbone=backbone, weights=weights, batch_size=batch, subjects=subjects,
-                                     artifacts=artifacts, progress=False, log=say, **extra)
+                                     artifacts=artifacts, progress=False, log=say, engine=engine)
     loop_s = res.n_computed / res.images_per_s if res.images_per_s else float("nan")
     return {"n": res.n_computed, "rate": res.images_per_s, "seconds": res.seconds, "engine": info["engine"],
             "infer_share": info["infer_s"] / loop_s if loop_s else float("nan"), "cache": str(res.cache)}
@@ -489,15 +431,13 @@ def main_run(args: argparse.Namespace) -> dict[str, Any]:
         before = rate(forwards[e], x, args.batch_size, args.model_seconds)
         fz = featurize_once(data, work / f"art-{e}", args.backbone, weights, e, args.batch_size, cache_dir)
         protos = {p: featurize_once(data, work / f"art-{e}-{p}", args.backbone, weights, e, args.batch_size, cache_dir,
-                                    pipeline=p) for p in PIPELINES if p != "tfdata"}
+                                    pipeline=p) for p in list(PIPELINES)[1:]}
         after = rate(forwards[e], x, args.batch_size, args.model_seconds)
         rows[e] = {"model_only": (before + after) / 2, "model_before": before, "model_after": after, **fz,
                    "wall_rate": fz["n"] / fz["seconds"], "setup_s": export_s[e], "protos": protos}
-        say(f"{e}: model-only {before:.1f}/{after:.1f} img/s, featurize loop {fz['rate']:.1f} img/s (tf.data), "
+        say(f"{e}: model-only {before:.1f}/{after:.1f} img/s, featurize loop {fz['rate']:.1f} img/s, other inputs: "
             + ", ".join(f"{v['rate']:.1f} ({k})" for k, v in protos.items())
             + f"; {fz['n'] / fz['seconds']:.1f} img/s wall; engine {fz['engine']}")
-    same = all(np.array_equal(gray_rgb(str(f), bb_size), load_images([f], bb_size)[0]) for f in files[:50])
-    say(f"gray fast path gives the same pixels as load_rgb on 50 images: {same}")
     late = matmul_peak(1.0)  # again at the end: the best of both is the least disturbed estimate of the peak
     peak = {k: max(v, late[k]) for k, v in peak.items()}
     result.update({"machine": machine(), "n": len(files), "batch": args.batch_size, "flops": flops,
@@ -607,12 +547,10 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"| (3) featurize: decode+resize+infer+journal (loop) | {row['engine']} | {fmt(row['rate'])} "
                      f"| {fmt(row['rate'] * gf)} | {fmt(100 * row['rate'] * gf / peak)} | {fmt(row['rate'] / row['model_only'], 2)} "
                      f"| {fmt(row['rate'] / r['naive'], 2)} |")
-    for k, (label, _) in PIPELINES.items():
-        if k == "tfdata":
-            continue
+    for k, (label, _) in list(PIPELINES.items())[1:]:
         for e, row in r["engines"].items():
             p = row["protos"][k]
-            lines.append(f"| (3{k[0]}) featurize loop, input: {label} | {p['engine']} | {fmt(p['rate'])} "
+            lines.append(f"| (3-{k}) featurize loop, input: {label} | {p['engine']} | {fmt(p['rate'])} "
                          f"| {fmt(p['rate'] * gf)} | {fmt(100 * p['rate'] * gf / peak)} | {fmt(p['rate'] / row['model_only'], 2)} "
                          f"| {fmt(p['rate'] / r['naive'], 2)} |")
     for e, row in r["engines"].items():
@@ -804,32 +742,24 @@ def explore(args: argparse.Namespace) -> dict[str, Any]:
 
 def pipeline_explore(files: list[Path], model: Any, pre: Any, args: argparse.Namespace, md: list[str], work: Path,
                      engine: str) -> dict[str, float]:
-    """Decode throughput of ``pipeline.image_dataset`` vs a plain thread pool, alone and feeding the engine."""
+    """Decode throughput of each of ``PIPELINES``, alone and feeding the engine, against the engine alone."""
 
     from featurize import engines
-    from featurize.pipeline import image_dataset
 
     paths = [str(p) for p in files]
     size, bs = (224, 224), args.batch_size
     fwd, used = engines.make_engine(model, pre, bs, engine, work / "engines", model_key(model), say)
 
     def via(kind: str, infer: bool) -> float:
-        make = PIPELINES[kind][1] or image_dataset  # "tfdata" is the current pipeline itself
         t0 = time.perf_counter()
-        for imgs, errs in make(paths, size, "stretch", bs):
-            b = imgs.numpy()
-            errs.numpy()
+        for imgs, _ in PIPELINES[kind][1](paths, size, "stretch", bs):
             if infer:
-                fwd(b)
+                fwd(imgs)
         return len(paths) / (time.perf_counter() - t0)
 
-    via("tfdata", False)  # warm the page cache and tf.data
-    runs = {"decode only: tf.data + numpy_function (current)": lambda: via("tfdata", False),
-            "decode only: thread pool, overlapped": lambda: via("threads", False),
-            "decode only: thread pool, phased, gray fast path": lambda: via("phased", False),
-            f"decode + infer ({used}): tf.data (current)": lambda: via("tfdata", True),
-            f"decode + infer ({used}): thread pool, overlapped": lambda: via("threads", True),
-            f"decode + infer ({used}): thread pool, phased, gray fast path": lambda: via("phased", True)}
+    via("tf.data", False)  # warm the page cache and tf.data
+    runs = {f"decode only: {k}": (lambda k=k: via(k, False)) for k in PIPELINES}
+    runs.update({f"decode + infer ({used}): {k}": (lambda k=k: via(k, True)) for k in PIPELINES})
     xs = load_images(files[:args.model_images], size)
     runs[f"infer only ({used}), preloaded"] = lambda: rate(fwd, xs, bs, args.model_seconds)
     res = interleaved(runs, 3)

@@ -328,7 +328,7 @@ def set_stage(base: Any, stage: str, unfreeze: int) -> list[str]:
 def decode_images(paths: Sequence[str], size: tuple[int, int], resize: str, gray: bool, batch_size: int = 64,
                   progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """All images as uint8 [N,H,W,C] (C=1 luma when ``gray``), and the error per file ("" when it decoded)."""
-    from featurize.pipeline import image_dataset
+    from featurize.pipeline import image_batches
     from featurize.progress import progress_bar
 
     w, h = size
@@ -337,13 +337,12 @@ def decode_images(paths: Sequence[str], size: tuple[int, int], resize: str, gray
     if not len(paths):
         return X, errors
     with progress_bar(len(paths), "decode", enabled=progress) as advance:
-        for images, errs in image_dataset(list(paths), size, resize, batch_size):
-            arr = images.numpy()
+        for arr, errs in image_batches(list(paths), size, resize, batch_size):
             if gray:
                 arr = ((arr[..., 0:1].astype(np.uint32) * 299 + arr[..., 1:2].astype(np.uint32) * 587
                         + arr[..., 2:3].astype(np.uint32) * 114 + 500) // 1000).astype(np.uint8)
             X[len(errors):len(errors) + len(arr)] = arr
-            errors += [e.decode() for e in errs.numpy()]
+            errors += errs
             advance(len(arr))
     return X, errors
 

@@ -54,7 +54,7 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
     """
     from featurize.backbones import build_base, feature_model, get_backbone, resolve_layers, weights_checksum
     from featurize.images import parse_size
-    from featurize.pipeline import image_dataset, make_forward
+    from featurize.pipeline import image_batches, make_forward
     from featurize.progress import progress_bar
 
     bb = get_backbone(spec["backbone"])
@@ -70,9 +70,8 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
     feats: list[np.ndarray] = []
     errors: list[str] = []
     with progress_bar(len(files), "predict", enabled=progress) as advance:
-        for images, errs in image_dataset(files, size, spec.get("resize", "stretch"), batch_size):
-            out = forward(images.numpy())
-            e = [x.decode() for x in errs.numpy()]
+        for images, e in image_batches(files, size, spec.get("resize", "stretch"), batch_size):
+            out = forward(images)
             out[[bool(x) for x in e]] = np.nan
             feats.append(out)
             errors += e

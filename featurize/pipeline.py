@@ -1,40 +1,74 @@
-"""tf.data input pipeline and the compiled, batched forward pass."""
+"""The input pipeline (parallel decode, batched, prefetched) and the compiled TF forward pass."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from featurize.images import ImageError, load_rgb
 
 
-def image_dataset(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int,
-                  parallel: int | None = None) -> Any:
-    """Batches of (uint8 images [B,H,W,3], error strings [B]) in input order, decoded in parallel and prefetched.
+def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int,
+                  threads: int | None = None, ahead: int = 2,
+                  low_priority: bool = True) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Batches of (uint8 images [B,H,W,3], error strings [B]) in input order, decoded in parallel ahead of the consumer.
 
-    Decoding goes through Pillow so that every format (16-bit, palette, CMYK, TIFF) and every broken file
-    is handled the same way; a file that fails yields a black image and its reason instead of stopping the run.
+    Decoding goes through Pillow so that every format (16-bit, palette, CMYK, TIFF) and every broken file is handled
+    the same way; a file that fails yields a black image and its reason ("" when fine) instead of stopping the run.
+    At most ``ahead`` batches beyond the current one are in flight, so memory does not grow with the dataset
+    (``ahead=0`` decodes each batch only when it is asked for).
     """
-    import tensorflow as tf
-
     w, h = size
+    paths = [str(p) for p in paths]
 
-    def decode(path: bytes) -> tuple[np.ndarray, bytes]:
+    def decode(path: str) -> tuple[np.ndarray, str]:
         try:
-            return load_rgb(path.decode(), size, resize), b""
+            return load_rgb(path, size, resize), ""
         except ImageError as exc:
-            return np.zeros((h, w, 3), np.uint8), str(exc).encode()
+            return np.zeros((h, w, 3), np.uint8), str(exc)
 
-    def tf_decode(path: Any) -> tuple[Any, Any]:
-        img, err = tf.numpy_function(decode, [path], [tf.uint8, tf.string], stateful=False)
-        img.set_shape((h, w, 3))
-        err.set_shape(())
-        return img, err
+    starts = range(0, len(paths), batch_size)
+    # Pillow releases the GIL, so plain threads decode in parallel. They run at the lowest priority: the engine's
+    # threads keep the cores and decoding fills their idle moments (measured against tf.data, and against
+    # same-priority threads decoding ahead or between batches, in docs/benchmarks.md).
+    pool = ThreadPoolExecutor(threads or cpu_threads(), thread_name_prefix="alzmri-decode",
+                              initializer=_background if low_priority else None)
+    try:
+        pending: deque[list[Future[tuple[np.ndarray, str]]]] = deque()
+        for start in starts:
+            pending.append([pool.submit(decode, p) for p in paths[start:start + batch_size]])
+            if len(pending) <= ahead:
+                continue
+            yield _collect(pending.popleft())
+        while pending:
+            yield _collect(pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(list(paths), dtype=object).astype(str))
-    ds = ds.map(tf_decode, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+def _collect(futures: list[Future[tuple[np.ndarray, str]]]) -> tuple[np.ndarray, list[str]]:
+    got = [f.result() for f in futures]
+    return np.stack([g[0] for g in got]), [g[1] for g in got]
+
+
+def _background() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per-thread nice); a no-op where unsupported."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def make_forward(model: Any, preprocess: Callable[[Any], Any], batch_size: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -327,7 +327,7 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
 
     The model's output columns are the targets' features side by side (widths ``dims``). Returns (count, images/s).
     """
-    from featurize.pipeline import image_dataset
+    from featurize.pipeline import image_batches
 
     size = parse_size(settings["image_size"])
     forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
@@ -355,11 +355,12 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
 
     done = 0
     t0 = time.perf_counter()
-    with progress_bar(len(todo), f"featurize {settings['backbone']}", enabled=progress) as advance:
+    with contextlib.ExitStack() as stack:
+        advance = stack.enter_context(progress_bar(len(todo), f"featurize {settings['backbone']}", enabled=progress))
         try:
-            for images, errors in image_dataset(absps, size, settings["resize"], batch_size):
-                errs = [e.decode() for e in errors.numpy()]
-                feats = forward(images.numpy())
+            batches = stack.enter_context(contextlib.closing(image_batches(absps, size, settings["resize"], batch_size)))
+            for images, errs in batches:
+                feats = forward(images)
                 good = np.array([e == "" for e in errs])
                 buf["features"].append(feats[good])
                 for j, e in zip(range(done, done + len(errs)), errs):

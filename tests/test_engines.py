@@ -75,8 +75,12 @@ def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images
     assert exports == [cached] and cached.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
     stamp = cached.stat().st_mtime_ns
+    tf_checks: list[int] = []
+    real_ref = engines.reference_features
+    monkeypatch.setattr(engines, "reference_features", lambda *a: tf_checks.append(1) or real_ref(*a))
     fwd2, used2 = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
     assert used2 == "onnx" and len(exports) == 1 and cached.stat().st_mtime_ns == stamp and logs == []  # reused
+    assert tf_checks == []  # checked against the TF answer stored at export, without running TF again
     np.testing.assert_allclose(_run(fwd2, images), out, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fwd2(images), out, rtol=0, atol=1e-6)  # longer than the batch: run in chunks
 
@@ -121,6 +125,21 @@ def test_mismatch_falls_back_to_tf_with_a_message(net: tuple[object, object], im
     assert len(logs) == 1 and "disagrees with TF" in logs[0] and "using tf" in logs[0] and "\n" not in logs[0]
     np.testing.assert_array_equal(_run(fwd, images), reference)
     assert not engines.onnx_path(tmp_path, "bad").exists()  # a bad export is not kept for the next run
+
+
+@needs_onnx
+def test_a_wrong_stored_check_is_caught_and_the_export_redone(net: tuple[object, object], images: np.ndarray,
+                                                              reference: np.ndarray, tmp_path: Path) -> None:
+    engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k")
+    stored = next(tmp_path.glob("*.check.npy"))
+    np.save(stored, np.load(stored) * 1.01)  # as if the file had been verified against other weights
+    logs: list[str] = []
+    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="k", log=logs.append)
+    assert used == "onnx" and any("disagrees" in m and "re-exporting" in m for m in logs)
+    assert engines.relative_error(_run(fwd, images), reference) <= 1e-4
+    h, w = int(net[0].input_shape[1]), int(net[0].input_shape[2])
+    truth = engines.reference_features(*net, engines.check_inputs(h, w))
+    assert engines.relative_error(np.load(stored), truth) < 1e-6  # the stored check was redone from TF
 
 
 @needs_onnx
