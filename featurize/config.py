@@ -23,6 +23,11 @@ def features_dir(dataset_id: str, artifacts: str | os.PathLike[str] | None = Non
     return artifacts_dir(artifacts) / "features" / dataset_id
 
 
+def engines_dir(artifacts: str | os.PathLike[str] | None = None) -> Path:
+    """Folder holding the ONNX exports of the backbones, shared by every dataset (they depend on the model only)."""
+    return artifacts_dir(artifacts) / "engines"
+
+
 def models_dir(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> Path:
     """Folder holding the fitted models of one dataset."""
     return artifacts_dir(artifacts) / "models" / dataset_id

@@ -16,7 +16,7 @@ import numpy as np
 
 from featurize import store
 from featurize.backbones import build_base, feature_model, get_backbone, layers_tag, resolve_layers, weights_checksum, weights_tag
-from featurize.config import features_dir
+from featurize.config import engines_dir, features_dir
 from featurize.dataset import Dataset, scan
 from featurize.errors import AlzmriError, CacheError
 from featurize.images import RESIZE_MODES, parse_size
@@ -199,6 +199,10 @@ def featurize_layers(
     """
     if batch_size < 1:
         raise AlzmriError("--batch-size must be at least 1")
+    from featurize.engines import ENGINES
+
+    if (engine or "auto").lower() not in ENGINES:  # before the scan: a typo should not cost a pass over the files
+        raise AlzmriError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     choices = list(dict.fromkeys(layer_choices or ["last"]))
     settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c) for c in choices]
     bb = get_backbone(backbone)
@@ -226,7 +230,7 @@ def featurize_layers(
 
             st = settings_list[0]
             key = engine_key(st["backbone"], sha, st["image_size"], choices, st["pooling"])
-            forward, engine_used = make_engine(model, preprocess, batch_size, engine, cache_dir=targets[0].cache.parent / "engines",
+            forward, engine_used = make_engine(model, preprocess, batch_size, engine, cache_dir=engines_dir(artifacts),
                                                key=key, log=log)
             n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
             for t in targets:
@@ -253,7 +257,7 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
             raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
         attrs = {**t.settings, "weights_sha256": t.sha, "class_names": json.dumps(ds.class_names),
                  "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
-                 "engine": t.settings.get("engine") or src.old_attrs.get("engine", "tf"), "featurize_images_per_s": rate, "seed": seed,
+                 "engine": _engines_of(t, n_computed, len(ok)), "featurize_images_per_s": rate, "seed": seed,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
         rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
         try:
@@ -265,6 +269,16 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
                            n_reused=len(ok) - min(n_computed, len(ok)), failed=[(p, r) for p, _, r in failed],
                            images_per_s=rate if n_computed else 0.0, seconds=time.perf_counter() - t0,
                            problems=list(ds.problems), settings={**t.settings, "weights_sha256": t.sha})
+
+
+def _engines_of(t: _Target, n_computed: int, n_rows: int) -> str:
+    """The engines that computed the cache's rows, e.g. ``openvino+tf`` when new rows join rows of an older run."""
+    old = str(t.src.old_attrs.get("engine", "tf")) if t.src.old is not None else ""
+    new = str(t.settings.get("engine") or "")
+    used = set(new.split("+")) if n_computed and new else set()
+    if old and (not n_computed or n_computed < n_rows):
+        used |= set(old.split("+"))
+    return "+".join(sorted(used)) or "tf"
 
 
 def _versions() -> dict[str, str]:

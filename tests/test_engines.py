@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,35 @@ def test_relative_error() -> None:
     assert engines.relative_error(b + 0.004, b) == pytest.approx(1e-3)
     assert engines.relative_error(np.zeros((1, 3)), b) == float("inf")
     assert engines.relative_error(np.array([[np.nan, 0.0]]), b) == float("inf")
+
+
+@needs_onnx
+def test_featurize_records_every_engine_behind_its_rows_and_shares_exports(tmp_path: Path, artifacts: Path) -> None:
+    import h5py
+
+    from featurize.config import engines_dir
+    from featurize.run import featurize_dataset
+    from tests.conftest import write_images
+
+    root = tmp_path / "data"
+    write_images(root, "kaggle", n_per_class=3)
+    fast = {"weights": "none", "image_size": "32x32", "subjects": "none", "progress": False, "artifacts": artifacts}
+    first = featurize_dataset(root, engine="tf", **fast)
+    with h5py.File(first.cache) as f:
+        assert f.attrs["engine"] == "tf"
+    write_images(root / "new", "kaggle", n_per_class=1, seed=1)
+    for f in (root / "new").rglob("*.png"):  # one new image per split and class
+        f.rename(root / f.relative_to(root / "new").parent / "extra.png")
+    shutil.rmtree(root / "new")
+    second = featurize_dataset(root, engine="onnx", **fast)
+    assert 0 < second.n_computed < second.n_images
+    with h5py.File(second.cache) as f:
+        assert f.attrs["engine"] == "onnx+tf"
+    assert featurize_dataset(root, engine="onnx", **fast).n_computed == 0
+    with h5py.File(second.cache) as f:
+        assert f.attrs["engine"] == "onnx+tf"
+    exports = list(engines_dir(artifacts).glob("*.onnx"))
+    other = tmp_path / "other"
+    write_images(other, "folders", n_per_class=2, seed=2)
+    featurize_dataset(other, engine="onnx", **fast)
+    assert list(engines_dir(artifacts).glob("*.onnx")) == exports and len(exports) == 1  # reused by another dataset

@@ -201,3 +201,10 @@ def test_one_pass_writes_one_cache_per_layer_choice(kaggle_root: Path, artifacts
     np.testing.assert_allclose(mid.X, alone.X, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(multi.X[:, -1280:], last.X, rtol=1e-5, atol=1e-5)
     assert all(r.n_computed == 0 for r in frun.featurize_layers(kaggle_root, layer_choices=["last", "mid"], **FAST))
+
+
+def test_unknown_engine_is_refused_before_any_file_is_read(kaggle_root: Path, artifacts: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frun, "scan", lambda *a, **k: pytest.fail("scanned the data before checking --engine"))
+    with pytest.raises(AlzmriError, match="unknown engine 'onxx'; choose one of: auto, tf, onnx, openvino"):
+        frun.featurize_dataset(kaggle_root, engine="onxx", artifacts=artifacts)
