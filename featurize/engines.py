@@ -64,6 +64,12 @@ def missing_packages(engine: str) -> list[str]:
     return [p for p in need if importlib.util.find_spec(p) is None]
 
 
+def cpu_runtime(engine: str) -> str | None:
+    """The ONNX runtime that ``engine`` means on a CPU (``auto``: OpenVINO, else onnxruntime), if installed."""
+    names = ("openvino", "onnx") if engine == "auto" else (engine,) if engine in ("onnx", "openvino") else ()
+    return next((r for r in names if not missing_packages(r)), None)
+
+
 def engine_key(backbone: str, weights_sha256: str, image_size: str, layers: str | list[str], pooling: str) -> str:
     """The export cache key: (backbone, weights checksum, input size, layers, pooling), file-name safe."""
     if not isinstance(layers, str):
@@ -106,20 +112,14 @@ def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, e
     def tf_engine() -> tuple[Forward, str]:
         return make_forward(model, preprocess, batch_size), "tf"
 
-    if engine == "tf":
+    if engine == "tf" or (engine == "auto" and gpu_visible()):
         return tf_engine()
-    if engine == "auto":
-        if gpu_visible():
-            return tf_engine()
-        runtimes = [r for r in ("openvino", "onnx") if not missing_packages(r)]
-        if not runtimes:
-            return tf_engine()
-        engine = runtimes[0]
-    else:
-        missing = missing_packages(engine)
-        if missing:
-            log(f"engine {engine} unavailable (pip install {' '.join(missing)}); using tf")
-            return tf_engine()
+    runtime = cpu_runtime(engine)
+    if runtime is None:
+        if engine != "auto":  # auto merely finding the optional packages absent is not news
+            log(f"engine {engine} unavailable (pip install {' '.join(missing_packages(engine))}); using tf")
+        return tf_engine()
+    engine = runtime
     try:
         return _onnx_engine(model, preprocess, batch_size, engine, cache_dir, key, log, tolerance,
                             threads or cpu_threads()), engine
@@ -191,6 +191,22 @@ def _stored_reference(onnx_file: Path) -> np.ndarray | None:
     return ref
 
 
+def load_verified(cache_dir: str | os.PathLike[str], key: str, runtime: str, batch_size: int, hw: tuple[int, int],
+                  tolerance: float = TOLERANCE, threads: int | None = None) -> Forward | None:
+    """The cached export ``key`` on ``runtime``, without TF: only when it still gives the TF answer stored when it
+    was verified (else None, and the caller takes the TF path)."""
+    path = onnx_path(cache_dir, key)
+    ref = _stored_reference(path) if path.is_file() else None
+    if ref is None:
+        return None
+    try:
+        forward = load_runtime(path, runtime, batch_size, hw, threads)
+        ok = relative_error(forward(check_inputs(*hw)), ref) <= tolerance
+    except Exception:  # noqa: BLE001 - any doubt means the normal, verified path
+        return None
+    return forward if ok else None
+
+
 def model_macs(model: Any) -> float:
     """Multiply-accumulates per image of the conv and dense layers of a functional Keras model."""
     import keras
@@ -215,13 +231,17 @@ def model_macs(model: Any) -> float:
     return float(macs)
 
 
-def inner_batch(model: Any, batch_size: int) -> int:
-    """Images per ONNX-runtime call: ``SMALL_BATCH`` for light networks (< ``LIGHT_GFLOP``), else ``batch_size``."""
+def is_light(model: Any) -> bool:
+    """True for networks under ``LIGHT_GFLOP`` per image (they run faster on the ONNX runtimes in small batches)."""
     try:
-        light = 2 * model_macs(model) / 1e9 < LIGHT_GFLOP
+        return 2 * model_macs(model) / 1e9 < LIGHT_GFLOP
     except Exception:  # noqa: BLE001 - an unusual model just keeps the caller's batch
-        light = False
-    return min(batch_size, SMALL_BATCH) if light else batch_size
+        return False
+
+
+def inner_batch(model: Any, batch_size: int) -> int:
+    """Images per ONNX-runtime call: ``SMALL_BATCH`` for light networks, else ``batch_size``."""
+    return min(batch_size, SMALL_BATCH) if is_light(model) else batch_size
 
 
 def check_inputs(h: int, w: int, n: int = 4) -> np.ndarray:

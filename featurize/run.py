@@ -221,17 +221,12 @@ def featurize_layers(
         todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
         n_computed, rate = 0, 0.0
         if todo:
-            model, preprocess, dims = _build(bb, weights, settings_list[0], choices, seed)
-            sha = weights_checksum(model)
+            st = settings_list[0]
+            forward, engine_used, sha, dims = (_from_card(weights, st, choices, seed, engine, batch_size, artifacts)
+                                               or _from_tf(bb, weights, st, choices, seed, engine, batch_size, artifacts, log))
             for t in targets:
                 t.accept_weights(sha, log)
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
-            from featurize.engines import engine_key, make_engine
-
-            st = settings_list[0]
-            key = engine_key(st["backbone"], sha, st["image_size"], choices, st["pooling"])
-            forward, engine_used = make_engine(model, preprocess, batch_size, engine, cache_dir=engines_dir(artifacts),
-                                               key=key, log=log)
             n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
             for t in targets:
                 t.settings["engine"] = engine_used
@@ -315,6 +310,47 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
         if len(f["failed_path"]) != len(failed):
             return True
         return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
+
+
+def _from_card(weights: str, settings: dict[str, Any], choices: list[str], seed: int, engine: str, batch_size: int,
+               artifacts: Any) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
+    """(forward, engine, weights checksum, widths) from a model card and its verified export, without TF; else None."""
+    from featurize import modelcard
+    from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
+
+    runtime = cpu_runtime((engine or "auto").lower())
+    if runtime is None or modelcard.gpu_possible():
+        return None
+    source = modelcard.weights_source(settings["backbone"], weights, seed)
+    if source is None:
+        return None
+    card = modelcard.read_card(modelcard.card_path(engines_dir(artifacts), settings, choices, seed), source)
+    if card is None:
+        return None
+    inner = min(batch_size, SMALL_BATCH) if card.get("light") else batch_size
+    forward = load_verified(engines_dir(artifacts), card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
+    if forward is None:
+        return None
+    return forward, runtime, str(card["weights_sha256"]), [int(d) for d in card["dims"]]
+
+
+def _from_tf(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int, engine: str, batch_size: int,
+             artifacts: Any, log: Log) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]]:
+    """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
+    from featurize import modelcard
+    from featurize.engines import engine_key, is_light, make_engine
+
+    model, preprocess, dims = _build(bb, weights, settings, choices, seed)
+    sha = weights_checksum(model)
+    key = engine_key(settings["backbone"], sha, settings["image_size"], choices, settings["pooling"])
+    forward, used = make_engine(model, preprocess, batch_size, engine, cache_dir=engines_dir(artifacts), key=key, log=log)
+    source = modelcard.weights_source(settings["backbone"], weights, seed)
+    if used != "tf" and source is not None:
+        hw = (int(model.input_shape[1]), int(model.input_shape[2]))
+        with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else
+            modelcard.write_card(modelcard.card_path(engines_dir(artifacts), settings, choices, seed), source, sha, dims,
+                                 key, hw, light=is_light(model))
+    return forward, used, sha, dims
 
 
 def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int) -> tuple[Any, Any, list[int]]:

@@ -1,0 +1,90 @@
+"""Model cards: what a built feature model was, so that a later run can use its ONNX export without TensorFlow.
+
+Building a backbone costs a TensorFlow import (3-4 s) and the Keras construction (1-2 s), and is only needed to learn
+the weights checksum and output widths, and to export. Once a run has done that, a card beside the export records:
+
+- the *source* of the weights, as a fingerprint computed without TF: the backbone, the weights label (a file's
+  SHA-256 for ``--weights PATH``), the seed for random init, the TF and Keras versions, and for ImageNet weights
+  the names, sizes and modification times of the files in Keras's cache folder;
+- the checksum of the weights that this source produced, the feature widths, and the export's key.
+
+A run whose fingerprint matches a card loads the export directly and checks it against the TF answer stored at
+export time (``engines``). Any doubt (no card, another fingerprint, a possible GPU, a runtime error, a mismatch)
+means the normal path: build with TF, then write a new card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from featurize.atomic import atomic_path
+from featurize.backbones import weights_tag
+
+
+def weights_source(backbone: str, weights: str, seed: int) -> str | None:
+    """A fingerprint of where the weights come from, computed without TF; None when it cannot be known."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        versions = [version("tensorflow"), version("keras")]
+    except PackageNotFoundError:
+        return None
+    tag = weights_tag(weights)
+    parts: list[Any] = [backbone, tag, versions]
+    if tag == "random-init":
+        parts.append(seed)
+    elif tag == "imagenet":
+        models = keras_models_dir()
+        if models is None:
+            return None
+        parts.append(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in models.iterdir() if p.is_file()))
+    return json.dumps(parts)
+
+
+def keras_models_dir() -> Path | None:
+    """Where Keras keeps downloaded weights ($KERAS_HOME/models, else ~/.keras/models), if that folder exists."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    folder = Path(home) / "models"
+    return folder if folder.is_dir() else None
+
+
+def gpu_possible() -> bool:
+    """True when this machine may have an NVIDIA GPU (then TF decides the engine, so no shortcut is taken)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], choices: list[str], seed: int) -> Path:
+    """The card of a feature model: backbone, weights label, size, layer choices, pooling and seed."""
+    raw = "__".join([settings["backbone"], settings["weights"], settings["image_size"], "+".join(choices),
+                     settings["pooling"], f"seed{seed}"])
+    return Path(folder) / (re.sub(r"[^A-Za-z0-9._+-]+", "_", raw)[:200] + ".card.json")
+
+
+def read_card(path: Path, source: str) -> dict[str, Any] | None:
+    """The card at ``path`` if it was written for this weights ``source``, else None."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(card, dict) or card.get("source") != source:
+        return None
+    if not isinstance(card.get("dims"), list) or not card.get("weights_sha256") or not card.get("key"):
+        return None
+    return card
+
+
+def write_card(path: Path, source: str, weights_sha256: str, dims: list[int], key: str, hw: tuple[int, int],
+               light: bool) -> None:
+    """Record a built model's checksum, widths, export key, input (height, width) and whether it is a light network
+    (run in small batches), under its weights ``source`` (atomically)."""
+    card = {"source": source, "weights_sha256": weights_sha256, "dims": [int(d) for d in dims], "key": key,
+            "input_hw": [int(hw[0]), int(hw[1])], "light": bool(light)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(card, indent=1))
