@@ -108,12 +108,13 @@ def build(backbone: str, weights: str, size: tuple[int, int]) -> tuple[Any, Any]
     return feature_model(build_base(bb, weights, size), [], "avg"), bb.preprocess_fn()
 
 
-def model_key(model: Any) -> str:
+def model_key(model: Any, backbone: str = "") -> str:
+    """The export key featurize itself uses for this model (so that featurize finds the benchmark's export)."""
     from featurize.backbones import weights_checksum
     from featurize.engines import engine_key
 
     h, w = int(model.input_shape[1]), int(model.input_shape[2])
-    return engine_key(model.name, weights_checksum(model), f"{w}x{h}", "last", "avg")
+    return engine_key(backbone or model.name, weights_checksum(model), f"{w}x{h}", "last", "avg")
 
 
 def flops_per_image(model: Any) -> tuple[float, str]:
@@ -244,9 +245,9 @@ def tfdata_batches(paths: Any, size: tuple[int, int], resize: str, batch_size: i
 
 
 def _batches(**options: Any) -> Callable[..., Iterator[tuple[np.ndarray, list[str]]]]:
-    def make(*a: Any, **k: Any) -> Iterator[tuple[np.ndarray, list[str]]]:
-        from featurize.pipeline import image_batches
+    from featurize.pipeline import image_batches  # the real one: featurize's name for it is swapped while measuring
 
+    def make(*a: Any, **k: Any) -> Iterator[tuple[np.ndarray, list[str]]]:
         return image_batches(*a, **{**k, **options})
 
     return make
@@ -263,18 +264,18 @@ PIPELINES: dict[str, tuple[str, Callable[..., Iterator[tuple[np.ndarray, list[st
 
 @contextlib.contextmanager
 def engine_in_featurize(cache_dir: Path, info: dict[str, Any], pipeline: str = "current") -> Iterator[None]:
-    """Inside, ``featurize`` keeps every ONNX export in ``cache_dir``, times every forward call (``info["infer_s"]``,
-    warm-up excluded) and reads its images through ``PIPELINES[pipeline]``."""
+    """Inside, ``featurize`` keeps its ONNX exports and model cards in ``cache_dir`` (shared by every run of the
+    benchmark, as ``artifacts/engines`` is by every dataset), times every forward call (``info["infer_s"]``, warm-up
+    excluded), notes whether the model was built with TF or came from a card (``info["path"]``), and reads its
+    images through ``PIPELINES[pipeline]``."""
     import featurize.pipeline as pl
     from featurize import engines
+    from featurize import run as frun
 
-    info.update(infer_s=0.0, engine="-")
-    real_engine, real_batches = engines.make_engine, pl.image_batches
+    info.update(infer_s=0.0, engine="-", path="-")
+    real = (engines.make_engine, engines.load_verified, pl.image_batches, frun.engines_dir)
 
-    def timed_engine(*a: Any, **k: Any) -> Any:
-        k["cache_dir"] = cache_dir  # one export cache for the whole benchmark: exports are timed once, as "set-up"
-        fwd, used = real_engine(*a, **k)
-        info["engine"] = used
+    def timed(fwd: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         calls = [0]
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -286,14 +287,27 @@ def engine_in_featurize(cache_dir: Path, info: dict[str, Any], pipeline: str = "
                 if calls[0] > 1:  # the first call is run._infer's warm-up, outside its timed loop
                     info["infer_s"] += time.perf_counter() - t
 
-        return run, used
+        return run
 
-    engines.make_engine = timed_engine
+    def timed_engine(*a: Any, **k: Any) -> Any:
+        fwd, used = real[0](*a, **k)
+        info.update(engine=used, path="TF build")
+        return timed(fwd), used
+
+    def timed_verified(*a: Any, **k: Any) -> Any:
+        fwd = real[1](*a, **k)
+        if fwd is None:
+            return None
+        info["path"] = "model card"
+        return timed(fwd)
+
+    engines.make_engine, engines.load_verified = timed_engine, timed_verified
     pl.image_batches = PIPELINES[pipeline][1]
+    frun.engines_dir = lambda artifacts=None: cache_dir
     try:
         yield
     finally:
-        engines.make_engine, pl.image_batches = real_engine, real_batches
+        engines.make_engine, engines.load_verified, pl.image_batches, frun.engines_dir = real
 
 
 def featurize_once(data: Path, artifacts: Path, backbone: str, weights: str, engine: str, batch: int,
@@ -306,7 +320,8 @@ def featurize_once(data: Path, artifacts: Path, backbone: str, weights: str, eng
         res = frun.featurize_dataset(data, backbone=backbone, weights=weights, batch_size=batch, subjects=subjects,
                                      artifacts=artifacts, progress=False, log=say, engine=engine)
     loop_s = res.n_computed / res.images_per_s if res.images_per_s else float("nan")
-    return {"n": res.n_computed, "rate": res.images_per_s, "seconds": res.seconds, "engine": info["engine"],
+    return {"n": res.n_computed, "rate": res.images_per_s, "seconds": res.seconds, "engine": res.settings.get("engine", "-"),
+            "path": info["path"],
             "infer_share": info["infer_s"] / loop_s if loop_s else float("nan"), "cache": str(res.cache)}
 
 
@@ -418,11 +433,15 @@ def main_run(args: argparse.Namespace) -> dict[str, Any]:
     export_s: dict[str, float] = {}
     for e in names:
         t0 = time.perf_counter()
-        fwd, used = engines.make_engine(model, pre, args.batch_size, e, cache_dir, model_key(model), say)
+        fwd, used = engines.make_engine(model, pre, args.batch_size, e, cache_dir, model_key(model, args.backbone), say)
         export_s[e] = time.perf_counter() - t0
         forwards[e] = fwd
         if used != e:
             say(f"engine {e} resolved to {used}")
+    # every ONNX engine's first featurize builds the model with TF and leaves a model card; the measured runs then
+    # start as a second dataset would (card + cached export, no build). The fresh-process rows show the first time.
+    for e in names:
+        featurize_once(subset(root, 32, work), work / f"card-{e}", args.backbone, weights, e, args.batch_size, cache_dir)
     # (1) naive loop
     naive = naive_rate(model, pre, files[:args.naive])
     # (2)+(3): for each engine, model-only right before and right after its featurize run (brackets the drift)
@@ -450,25 +469,36 @@ def main_run(args: argparse.Namespace) -> dict[str, Any]:
 def rss_and_rerun(root: Path, work: Path, sizes: list[int], args: argparse.Namespace, weights: str,
                   names: list[str]) -> dict[str, Any]:
     engine = "auto" if "auto" in names or len(names) > 1 else names[0]
+    # the fast engine (after one export: model card, no TF import) and, for contrast, the TF engine
+    rss_engines = [engine] + (["tf"] if engine != "tf" and not args.quick else [])
     out: dict[str, Any] = {"rss": [], "rss_engine": engine}
-    common = ["--backbone", args.backbone, "--weights", weights, "--engine", engine, "--batch-size", str(args.batch_size),
-              "--engine-cache", str(work / "engines")]
+
+    def common(e: str) -> list[str]:
+        return ["--backbone", args.backbone, "--weights", weights, "--engine", e, "--batch-size", str(args.batch_size),
+                "--engine-cache", str(work / "engines")]
+
+    # first-ever run: builds the model with TF, exports to ONNX, writes the model card (and warms the page cache)
+    data = subset(root, min(sizes[0], 64), work)
+    res, wall, rss = spawn_rss(["--child", "featurize", "--data", str(data), "--artifacts", str(work / "warm"), *common(engine)])
+    out["first"] = {"n": res["n"], "wall": wall, "rss_mib": rss, "engine": res["engine"], "path": res["path"]}
+    say(f"first-ever featurize ({res['n']} images, {res['path']}): {wall:.1f} s, peak RSS {rss:.0f} MiB")
     art = work / "rss"
-    # warm-up child: exports the ONNX model once (so no size pays for it) and warms the page cache
-    spawn_rss(["--child", "featurize", "--data", str(subset(root, min(sizes[0], 64), work)), "--artifacts", str(work / "warm"), *common])
-    for n in sizes:
-        data = subset(root, n, work)
-        art = work / f"rss-{n}"
-        res, wall, rss = spawn_rss(["--child", "featurize", "--data", str(data), "--artifacts", str(art), *common])
-        out["rss"].append({"n": res["n"], "rss_mib": rss, "hwm_mib": res["vmhwm_mib"], "wall": wall, "rate": res["rate"],
-                           "engine": res["engine"]})
-        say(f"featurize {res['n']} images in a fresh process: peak RSS {rss:.0f} MiB (VmHWM {res['vmhwm_mib']:.0f}), {wall:.1f} s")
+    for e in rss_engines:
+        for n in sizes:
+            art = work / f"rss-{e}-{n}"
+            res, wall, rss = spawn_rss(["--child", "featurize", "--data", str(subset(root, n, work)), "--artifacts", str(art),
+                                        *common(e)])
+            out["rss"].append({"n": res["n"], "rss_mib": rss, "hwm_mib": res["vmhwm_mib"], "wall": wall, "rate": res["rate"],
+                               "engine": res["engine"], "path": res["path"], "tf_imported": res["tf_imported"]})
+            say(f"featurize {res['n']} images in a fresh process, engine {res['engine']} ({res['path']}): "
+                f"peak RSS {rss:.0f} MiB (VmHWM {res['vmhwm_mib']:.0f}), {wall:.1f} s")
+    art = work / f"rss-{engine}-{sizes[-1]}"
     last = subset(root, sizes[-1], work)
     rerun, tf_import, bare = [], [], []
     for _ in range(1 if args.quick else 2):  # alternate: bare python, python + TF import, cached rerun
         bare.append(spawn_rss(["--child", "python"])[1])
         tf_import.append(spawn_rss(["--child", "import"])[1])
-        res, w1, rss = spawn_rss(["--child", "featurize", "--data", str(last), "--artifacts", str(art), *common])
+        res, w1, rss = spawn_rss(["--child", "featurize", "--data", str(last), "--artifacts", str(art), *common(engine)])
         rerun.append(w1)
     out["rerun"] = {"n": sizes[-1], "wall": min(rerun), "import": min(tf_import), "bare": min(bare), "computed": res["n"],
                     "rss_mib": rss, "tf_imported": res["tf_imported"]}
@@ -541,7 +571,7 @@ def report(r: dict[str, Any]) -> str:
     lines.append(f"| (1) naive loop: load_img + model.predict per image ({r['naive_n']} images) | tf | {fmt(r['naive'])} "
                  f"| {fmt(r['naive'] * gf)} | {fmt(100 * r['naive'] * gf / peak)} | | 1.00 |")
     for e, row in r["engines"].items():
-        lines.append(f"| (2) model only: preloaded uint8 batches | {e} | {fmt(row['model_only'])} | {fmt(row['model_only'] * gf)} "
+        lines.append(f"| (2) model only: preloaded uint8 batches | {row['engine']} | {fmt(row['model_only'])} | {fmt(row['model_only'] * gf)} "
                      f"| {fmt(100 * row['model_only'] * gf / peak)} | | {fmt(row['model_only'] / r['naive'], 2)} |")
     for e, row in r["engines"].items():
         lines.append(f"| (3) featurize: decode+resize+infer+journal (loop) | {row['engine']} | {fmt(row['rate'])} "
@@ -554,7 +584,7 @@ def report(r: dict[str, Any]) -> str:
                          f"| {fmt(p['rate'] * gf)} | {fmt(100 * p['rate'] * gf / peak)} | {fmt(p['rate'] / row['model_only'], 2)} "
                          f"| {fmt(p['rate'] / r['naive'], 2)} |")
     for e, row in r["engines"].items():
-        lines.append(f"| (3') featurize wall: scan+build+export/check+loop+HDF5 write | {row['engine']} | {fmt(row['wall_rate'])} "
+        lines.append(f"| (3') featurize wall: scan + model ({row['path']}) + loop + HDF5 write | {row['engine']} | {fmt(row['wall_rate'])} "
                      f"| | | {fmt(row['wall_rate'] / row['model_only'], 2)} | {fmt(row['wall_rate'] / r['naive'], 2)} |")
     if "tf" in r["engines"]:
         tf_m = r["engines"]["tf"]["model_only"]
@@ -567,19 +597,25 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"| {e} | {fmt(row['model_only'] / tf_m, 2)} | " + " / ".join(fmt(v["rate"] / tf_m, 2) for v in runs)
                          + " | " + " / ".join(fmt(v["infer_share"], 2) for v in runs) + f" | {fmt(row['setup_s'])} |")
     if r.get("rss"):
-        lines += ["", f"| featurize in a fresh process (engine {r['rss_engine']}, subjects auto) | images | peak RSS MiB | wall s |",
-                  "|---|---:|---:|---:|"]
+        first = r["first"]
+        lines += ["", "| featurize in a fresh process (subjects auto) | engine | model from | TF imported | images | peak RSS MiB | wall s |",
+                  "|---|---|---|---|---:|---:|---:|",
+                  f"| first-ever run (export + card written) | {first['engine']} | {first['path']} | yes | {first['n']} "
+                  f"| {fmt(first['rss_mib'], 0)} | {fmt(first['wall'])} |"]
         for row in r["rss"]:
-            lines.append(f"| first run | {row['n']} | {fmt(row['rss_mib'], 0)} (VmHWM {fmt(row['hwm_mib'], 0)}) | {fmt(row['wall'])} |")
-        if len(r["rss"]) > 1:
-            lines.append(f"| RSS ratio largest / smallest | | {fmt(r['rss'][-1]['rss_mib'] / r['rss'][0]['rss_mib'], 3)} | |")
+            lines.append(f"| first run on these images | {row['engine']} | {row['path']} | {'yes' if row['tf_imported'] else 'no'} "
+                         f"| {row['n']} | {fmt(row['rss_mib'], 0)} (VmHWM {fmt(row['hwm_mib'], 0)}) | {fmt(row['wall'])} |")
+        for e in dict.fromkeys(row["engine"] for row in r["rss"]):
+            same = [row for row in r["rss"] if row["engine"] == e]
+            if len(same) > 1:
+                lines.append(f"| peak RSS ratio, {same[-1]['n']} / {same[0]['n']} images | {e} | | | | "
+                             f"**{fmt(same[-1]['rss_mib'] / same[0]['rss_mib'], 3)}** | |")
         rr = r["rerun"]
-        lines.append(f"| fully cached rerun ({rr['computed']} computed; TF imported: {rr['tf_imported']}) | {rr['n']} "
+        lines.append(f"| fully cached rerun ({rr['computed']} computed) | | | {'yes' if rr['tf_imported'] else 'no'} | {rr['n']} "
                      f"| {fmt(rr['rss_mib'], 0)} | {fmt(rr['wall'], 2)} |")
-        lines.append(f"| `python -m benchmarks.featurize` doing nothing (interpreter + numpy) | | | {fmt(rr['bare'], 2)} |")
-        lines.append(f"| the same + `import tensorflow, featurize.run` | | | {fmt(rr['import'], 2)} |")
-        lines.append(f"| cached rerun beyond interpreter start-up | | | {fmt(rr['wall'] - rr['bare'], 2)} |")
-        lines.append(f"| cached rerun beyond interpreter + TF start-up | | | {fmt(rr['wall'] - rr['import'], 2)} |")
+        lines.append(f"| `python -m benchmarks.featurize` doing nothing (interpreter + numpy) | | | | | | {fmt(rr['bare'], 2)} |")
+        lines.append(f"| the same + `import tensorflow, featurize.run` | | | | | | {fmt(rr['import'], 2)} |")
+        lines.append(f"| cached rerun beyond interpreter start-up | | | | | | {fmt(rr['wall'] - rr['bare'], 2)} |")
     if r.get("heads"):
         h = r["heads"]
         lines += [""]
