@@ -24,6 +24,8 @@ err = Console(stderr=True, soft_wrap=True)
 ArtifactsOpt = typer.Option(None, "--artifacts", help="Output folder for everything (default: $ALZMRI_ARTIFACTS or ./artifacts).")
 DataOpt = typer.Option(..., "--data", help="Data root (ROOT/{train,test}/<Class>/*, or ROOT/<Class>/*) or a CSV manifest path,label[,split,subject].")
 SubjectsOpt = typer.Option("auto", "--subjects", help="auto (manifest column, else inferred) | infer | column | regex:PATTERN | none.")
+PrecisionOpt = typer.Option("float32", "--precision", help="float32 | mixed (float16 on GPU, bfloat16 on CPU; TF engine; see docs/gpu.md).")
+DevicesOpt = typer.Option("auto", "--devices", help="auto (mirrored over all GPUs when there are 2+) | one | mirrored (TF engine; see docs/gpu.md).")
 
 
 def _quiet_tf() -> None:
@@ -69,6 +71,8 @@ def featurize(
     layers: list[str] = typer.Option(["last"], "--layers", help="last | mid | multi | LAYER,... (pooled, concatenated); repeat the option to cache several choices in one pass."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference batch."),
     engine: str = typer.Option("auto", "--engine", help="auto (OpenVINO or ONNX Runtime on CPU when installed, else TF) | tf | onnx | openvino."),
+    precision: str = PrecisionOpt,
+    devices: str = DevicesOpt,
     classes: Optional[str] = typer.Option(None, "--classes", help="Class order A,B,C (default: severity order for the Kaggle stages, else alphabetical)."),
     subjects: str = SubjectsOpt,
     artifacts: Optional[str] = ArtifactsOpt,
@@ -91,7 +95,7 @@ def featurize(
     results = _run(lambda: featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                                             resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
                                             subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
-                                            engine=engine))
+                                            engine=engine, precision=precision, devices=devices))
     for res in results:
         out.print(featurize_summary(res, with_subjects=res is results[-1]), highlight=False)
 
@@ -145,6 +149,8 @@ def baseline(
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
     unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    precision: str = PrecisionOpt,
+    devices: str = DevicesOpt,
     protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
     subjects: str = SubjectsOpt,
     classes: Optional[str] = typer.Option(None, "--classes"),
@@ -159,7 +165,7 @@ def baseline(
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
                                       protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
-                                      seed=seed, progress=not no_progress, log=_say))
+                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices))
     out.print(res.summary() if hasattr(res, "summary") else str(res), highlight=False, markup=False)
 
 

@@ -142,6 +142,8 @@ class _Spec:
     head_epochs: int
     lr: float
     fine_lr: float
+    precision: str = "float32"
+    devices: str = "auto"
 
     @property
     def channels(self) -> int:
@@ -166,7 +168,15 @@ class _Spec:
                 "weights": self.weights_tag, "image_size": f"{self.size[0]}x{self.size[1]}", "channels": self.channels,
                 "n_classes": self.n_classes, "seed": self.seed, "lr": self.lr,
                 **({"unfreeze": self.unfreeze, "head_epochs": self.head_epochs, "fine_lr": self.fine_lr,
-                    "schedule": "head-then-fine-from-last"} if self.kind == "finetune" else {})}
+                    "schedule": "head-then-fine-from-last"} if self.kind == "finetune" else {}),
+                # only when not the default, so that float32 checkpoints are unchanged
+                **({"precision": _policy(self.precision)} if self.precision != "float32" else {})}
+
+
+def _policy(precision: str) -> str:
+    from featurize.devices import policy_name
+
+    return policy_name(precision)
 
 
 def _digest(obj: Any) -> str:
@@ -269,7 +279,7 @@ def build_scratch(size: tuple[int, int], n_classes: int, seed: int = 0) -> Any:
         x = L.Dropout(drop, seed=seed + b, name=f"block{b}_drop")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dropout(0.3, seed=seed, name="head_drop")(x)
-    out = L.Dense(n_classes, activation="softmax", name="probs")(x)
+    out = L.Dense(n_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inp, out, name="scratch_cnn")
 
 
@@ -295,7 +305,7 @@ def build_finetune(backbone: Backbone, weights: str, size: tuple[int, int], n_cl
     x = base(x, training=False)  # BatchNorm in inference mode, whatever is trainable later
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dropout(0.2, seed=seed, name="head_drop")(x)
-    out = L.Dense(n_classes, activation="softmax", name="probs")(x)
+    out = L.Dense(n_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inp, out, name=f"{backbone.name}_finetune"), base
 
 
@@ -590,9 +600,22 @@ def fit_network(spec: _Spec, X: np.ndarray, y: np.ndarray, train_idx: np.ndarray
                 ckpt_dir: Path, run_settings: dict[str, Any], epochs: int, patience: int, batch_size: int,
                 progress: bool, log: Log, label: str, callbacks: Sequence[Any] = (), min_epochs: int = 0) -> FitOutcome:
     """Carve validation from ``train_idx``, train ``spec`` with checkpoints in ``ckpt_dir``; the model ends on its best epoch."""
-    from featurize.progress import progress_bar
+    from featurize.devices import replicas, training_scope
 
     kx = _kx()
+    with training_scope(spec.devices, spec.precision) as strategy:
+        n_rep = replicas(strategy)
+        if n_rep > 1:  # BatchNorm statistics are per replica: a different computation, so a different checkpoint
+            run_settings = {**run_settings, "replicas": n_rep}
+        return _fit_in_scope(kx, spec, X, y, train_idx, groups, ckpt_dir, run_settings, epochs, patience, batch_size,
+                             progress, log, label, callbacks, min_epochs)
+
+
+def _fit_in_scope(kx: Any, spec: _Spec, X: np.ndarray, y: np.ndarray, train_idx: np.ndarray, groups: np.ndarray | None,
+                  ckpt_dir: Path, run_settings: dict[str, Any], epochs: int, patience: int, batch_size: int,
+                  progress: bool, log: Log, label: str, callbacks: Sequence[Any], min_epochs: int) -> FitOutcome:
+    from featurize.progress import progress_bar
+
     keras = kx.keras
     tr_pos, va_pos = validation_split(y[train_idx], None if groups is None else groups[train_idx], VAL_FRACTION, spec.seed)
     tr, va = train_idx[tr_pos], train_idx[va_pos]
@@ -751,6 +774,8 @@ def train_baseline(
     fine_learning_rate: float = DEFAULT_FINE_LR,
     min_epochs: int | None = None,
     callbacks: Sequence[Any] = (),
+    precision: str = "float32",
+    devices: str = "auto",
 ) -> BaselineResult:
     """Train a CNN on the images (``scratch`` or ``finetune``), evaluate it under ``protocol``, write the model,
     its sidecar, a training-curve PNG and a report row.
@@ -758,6 +783,8 @@ def train_baseline(
     ``epochs`` is the whole budget (for ``finetune``: ``head_epochs`` with the backbone frozen, a fixed warm-up,
     then fine-tuning from where the head ended until ``epochs``). Early stopping (``patience`` epochs without a better validation balanced
     accuracy) never stops before ``min_epochs``. ``callbacks`` are extra Keras callbacks (used by tests).
+    ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) select the GPU path
+    (``featurize.devices``); ``batch_size`` is the global batch, shared by the replicas.
     """
     t_start = time.perf_counter()
     kind = (model or "").strip().lower().replace("-", "")
@@ -767,6 +794,11 @@ def train_baseline(
         raise AlzmriError(f"unknown --protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if resize not in RESIZE_MODES:
         raise AlzmriError(f"unknown resize mode {resize!r}; choose one of: {', '.join(RESIZE_MODES)}")
+    from featurize.devices import DEVICE_MODES, PRECISIONS
+
+    for name, value, valid in (("--precision", precision, PRECISIONS), ("--devices", devices, DEVICE_MODES)):
+        if value not in valid:
+            raise AlzmriError(f"unknown {name} {value!r}; choose one of: {', '.join(valid)}")
     epochs = DEFAULT_EPOCHS[kind] if epochs is None else int(epochs)
     head_epochs = DEFAULT_HEAD_EPOCHS if head_epochs is None else int(head_epochs)
     min_epochs = DEFAULT_MIN_EPOCHS[kind] if min_epochs is None else int(min_epochs)
@@ -797,7 +829,7 @@ def train_baseline(
     class_names = list(ds.class_names)
     spec = _Spec(kind=kind, size=size, n_classes=len(class_names), seed=seed, backbone=bb, weights=weights, weights_tag=wtag,
                  unfreeze=unfreeze, head_epochs=head_epochs, lr=DEFAULT_LR if learning_rate is None else float(learning_rate),
-                 fine_lr=float(fine_learning_rate))
+                 fine_lr=float(fine_learning_rate), precision=precision, devices=devices)
     if kind == "finetune":
         _ = _kx()  # build the base once now so that weight errors come before decoding
         _quiet_build_base(bb, weights, size, seed)
@@ -912,7 +944,7 @@ def train_baseline(
         "dataset_id": ds.dataset_id, "protocol": protocol, "split": split_note, "seed": seed,
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "val_balanced_accuracy": fit.best_val_bal_acc,
         "diverged_epoch": fit.diverged_epoch, "unfreeze": unfreeze if kind == "finetune" else None,
-        "created": created, **_versions(),
+        "precision": spec.settings().get("precision", "float32"), "created": created, **_versions(),
     }
     tmp = sidecar_path.with_name(sidecar_path.name + ".tmp")
     tmp.write_text(json.dumps(sidecar, indent=1, default=float))

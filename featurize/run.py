@@ -41,8 +41,12 @@ class FeaturizeResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def settings_for(backbone: str, weights: str, image_size: str | None, pooling: str, resize: str, layers: str) -> dict[str, Any]:
-    """The settings that name a cache (all but the weights checksum, which needs the model)."""
+def settings_for(backbone: str, weights: str, image_size: str | None, pooling: str, resize: str, layers: str,
+                 precision: str = "float32") -> dict[str, Any]:
+    """The settings that name a cache (all but the weights checksum, which needs the model).
+
+    ``precision="mixed"`` adds the Keras policy it means here (``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a
+    CPU), which imports TF; float32 does not appear, so float32 caches keep their names."""
     bb = get_backbone(backbone)
     if resize not in RESIZE_MODES:
         raise AlzmriError(f"unknown resize mode {resize!r}; choose one of: {', '.join(RESIZE_MODES)}")
@@ -50,8 +54,13 @@ def settings_for(backbone: str, weights: str, image_size: str | None, pooling: s
         size = parse_size(image_size) if image_size else (bb.input_size, bb.input_size)
     except ValueError as exc:
         raise AlzmriError(str(exc)) from None
-    return {"backbone": bb.name, "weights": weights_tag(weights), "image_size": f"{size[0]}x{size[1]}",
-            "pooling": pooling, "resize": resize, "layers": layers_tag(resolve_layers(bb, layers))}
+    out = {"backbone": bb.name, "weights": weights_tag(weights), "image_size": f"{size[0]}x{size[1]}",
+           "pooling": pooling, "resize": resize, "layers": layers_tag(resolve_layers(bb, layers))}
+    if precision != "float32":
+        from featurize.devices import policy_name
+
+        out["precision"] = policy_name(precision)
+    return out
 
 
 def cache_path(data: str | os.PathLike[str], settings: dict[str, Any], artifacts: str | os.PathLike[str] | None = None) -> Path:
@@ -192,19 +201,27 @@ def featurize_layers(
     part_rows: int = 512,
     seed: int = 0,
     engine: str = "auto",
+    precision: str = "float32",
+    devices: str = "auto",
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
-    A single pass of the backbone serves every choice; each cache computes only its missing images.
+    A single pass of the backbone serves every choice; each cache computes only its missing images. ``engine``
+    is ``auto|tf|onnx|openvino``; ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) are the
+    TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
     """
     if batch_size < 1:
         raise AlzmriError("--batch-size must be at least 1")
+    from featurize.devices import DEVICE_MODES, PRECISIONS
     from featurize.engines import ENGINES
 
-    if (engine or "auto").lower() not in ENGINES:  # before the scan: a typo should not cost a pass over the files
-        raise AlzmriError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    # before the scan: a typo should not cost a pass over the files
+    for name, value, valid in (("engine", (engine or "auto").lower(), ENGINES), ("precision", precision, PRECISIONS),
+                               ("devices", devices, DEVICE_MODES)):
+        if value not in valid:
+            raise AlzmriError(f"unknown {name} {value!r}; choose one of: {', '.join(valid)}")
     choices = list(dict.fromkeys(layer_choices or ["last"]))
-    settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c) for c in choices]
+    settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c, precision) for c in choices]
     bb = get_backbone(backbone)
     t0 = time.perf_counter()
     ds = scan(data, classes)
@@ -222,8 +239,8 @@ def featurize_layers(
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
-            forward, engine_used, sha, dims = (_from_card(weights, st, choices, seed, engine, batch_size, artifacts)
-                                               or _from_tf(bb, weights, st, choices, seed, engine, batch_size, artifacts, log))
+            spec = _ModelSpec(bb, weights, st, choices, seed, (engine or "auto").lower(), batch_size, artifacts, precision, devices)
+            forward, engine_used, sha, dims = _from_card(spec) or _from_tf(spec, log)
             for t in targets:
                 t.accept_weights(sha, log)
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
@@ -312,44 +329,70 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
         return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
 
 
-def _from_card(weights: str, settings: dict[str, Any], choices: list[str], seed: int, engine: str, batch_size: int,
-               artifacts: Any) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
+@dataclass(frozen=True)
+class _ModelSpec:
+    """Everything that decides the feature model and how it runs."""
+
+    bb: Any
+    weights: str
+    settings: dict[str, Any]
+    choices: list[str]
+    seed: int
+    engine: str
+    batch_size: int
+    artifacts: Any
+    precision: str
+    devices: str
+
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def _from_card(spec: _ModelSpec) -> tuple[Forward, str, str, list[int]] | None:
     """(forward, engine, weights checksum, widths) from a model card and its verified export, without TF; else None."""
     from featurize import modelcard
     from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
 
-    runtime = cpu_runtime((engine or "auto").lower())
-    if runtime is None or modelcard.gpu_possible():
+    runtime = cpu_runtime(spec.engine)
+    if runtime is None or spec.precision != "float32" or spec.devices == "mirrored" or modelcard.gpu_possible():
         return None
-    source = modelcard.weights_source(settings["backbone"], weights, seed)
+    source = modelcard.weights_source(spec.settings["backbone"], spec.weights, spec.seed)
     if source is None:
         return None
-    card = modelcard.read_card(modelcard.card_path(engines_dir(artifacts), settings, choices, seed), source)
+    folder = engines_dir(spec.artifacts)
+    card = modelcard.read_card(modelcard.card_path(folder, spec.settings, spec.choices, spec.seed), source)
     if card is None:
         return None
-    inner = min(batch_size, SMALL_BATCH) if card.get("light") else batch_size
-    forward = load_verified(engines_dir(artifacts), card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
+    inner = min(spec.batch_size, SMALL_BATCH) if card.get("light") else spec.batch_size
+    forward = load_verified(folder, card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
     if forward is None:
         return None
     return forward, runtime, str(card["weights_sha256"]), [int(d) for d in card["dims"]]
 
 
-def _from_tf(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int, engine: str, batch_size: int,
-             artifacts: Any, log: Log) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]]:
+def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
     """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
-    from featurize import modelcard
+    from featurize import devices, modelcard
     from featurize.engines import engine_key, is_light, make_engine
 
-    model, preprocess, dims = _build(bb, weights, settings, choices, seed)
+    st = spec.settings
+    strategy = devices.make_strategy(spec.devices)
+    model, preprocess, dims = devices.build_feature_model(
+        lambda: _build(spec.bb, spec.weights, st, spec.choices, spec.seed), strategy, spec.precision)
     sha = weights_checksum(model)
-    key = engine_key(settings["backbone"], sha, settings["image_size"], choices, settings["pooling"])
-    forward, used = make_engine(model, preprocess, batch_size, engine, cache_dir=engines_dir(artifacts), key=key, log=log)
-    source = modelcard.weights_source(settings["backbone"], weights, seed)
+    if spec.precision != "float32" or devices.replicas(strategy) > 1:
+        if spec.engine in ("onnx", "openvino"):
+            log(f"engine {spec.engine}: mixed precision and several devices run on TF; using tf")
+        return devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims
+    key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"])
+    folder = engines_dir(spec.artifacts)
+    forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
+    source = modelcard.weights_source(st["backbone"], spec.weights, spec.seed)
     if used != "tf" and source is not None:
         hw = (int(model.input_shape[1]), int(model.input_shape[2]))
         with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else
-            modelcard.write_card(modelcard.card_path(engines_dir(artifacts), settings, choices, seed), source, sha, dims,
-                                 key, hw, light=is_light(model))
+            modelcard.write_card(modelcard.card_path(folder, st, spec.choices, spec.seed), source, sha, dims, key, hw,
+                                 light=is_light(model))
     return forward, used, sha, dims
 
 

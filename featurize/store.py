@@ -28,13 +28,22 @@ from featurize.featureset import FeatureSet
 
 FORMAT_VERSION = 1
 # Attributes that define a cache: a file whose values differ is never mixed with new rows.
-SETTING_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers")
+SETTING_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers", "precision")
 _STR = h5py.string_dtype("utf-8")
 
 
+def identity(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a cache's features. ``precision`` is present only when it is not float32, so the
+    names and fingerprints of float32 caches do not depend on it."""
+    return {k: settings.get(k) for k in SETTING_KEYS if k != "precision" or settings.get("precision")}
+
+
 def cache_name(settings: dict[str, Any]) -> str:
-    """File name of a cache, e.g. ``mobilenetv2__imagenet__224x224__avg__stretch__last.h5``."""
+    """File name of a cache, e.g. ``mobilenetv2__imagenet__224x224__avg__stretch__last.h5``
+    (``...__last__mixed_float16.h5`` under mixed precision)."""
     parts = [settings[k] for k in ("backbone", "weights", "image_size", "pooling", "resize", "layers")]
+    if settings.get("precision"):
+        parts.append(settings["precision"])
     return "__".join(str(p).replace("/", "_") for p in parts) + ".h5"
 
 
@@ -113,7 +122,7 @@ def load(path: str | os.PathLike[str]) -> FeatureSet:
 
 def fingerprint(settings: dict[str, Any], paths: np.ndarray, sha1: np.ndarray) -> str:
     """Identifies a cache's content: settings plus the (path, content hash) of every row."""
-    h = hashlib.sha256(json.dumps({k: settings.get(k) for k in SETTING_KEYS}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(identity(settings), sort_keys=True).encode())
     for p, s in zip(paths, sha1):
         h.update(f"{p}\0{s}\n".encode())
     return h.hexdigest()[:16]
@@ -185,7 +194,7 @@ def open_journal(cache: Path, settings: dict[str, Any]) -> Path:
     """Create (or validate) the journal folder; a journal made with other settings is discarded."""
     d = parts_dir(cache)
     marker = d / "settings.json"
-    wanted = {k: settings[k] for k in SETTING_KEYS}
+    wanted = identity(settings)
     if d.is_dir():
         try:
             same = json.loads(marker.read_text()) == wanted
