@@ -34,7 +34,7 @@ from featurize.errors import AlzmriError
 
 KEY_ENV = "ALZMRI_KEY_FILE"
 BUNDLE_FORMAT = 1
-BACKBONE_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers")
+BACKBONE_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers", "precision")
 DEFAULTS = {"weights": "imagenet", "layers": "last", "task": "stages", "protocol": "official"}
 
 
@@ -43,7 +43,7 @@ class ModelBundle:
     """A fitted head and everything needed to use it on new images.
 
     ``backbone`` holds the feature extractor spec (name as ``backbone``, weights tag, weights_sha256, image_size,
-    pooling, resize, layers): new images must be featurized with exactly these settings.
+    pooling, resize, layers, precision: None for float32): new images must be featurized with exactly these settings.
     ``pipeline.predict_proba`` columns follow ``pipeline.classes_`` (indices into ``class_names``).
     """
 

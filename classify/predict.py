@@ -53,15 +53,17 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
     Returns features (rows of unreadable files are NaN) and the error per file ("" when fine).
     """
     from featurize.backbones import build_base, feature_model, get_backbone, resolve_layers, weights_checksum
+    from featurize.devices import precision_policy
     from featurize.images import parse_size
     from featurize.pipeline import image_batches, make_forward
     from featurize.progress import progress_bar
 
     bb = get_backbone(spec["backbone"])
     size = parse_size(spec["image_size"])
-    base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
-    layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
-    model = feature_model(base, layers, spec.get("pooling", "avg"))
+    with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
+        base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
+        layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
+        model = feature_model(base, layers, spec.get("pooling", "avg"))
     got = weights_checksum(model)
     if spec.get("weights_sha256") and got != spec["weights_sha256"]:
         raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was trained on "

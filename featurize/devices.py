@@ -28,8 +28,15 @@ def _gpus() -> list[Any]:
     return list(_tf().config.list_physical_devices("GPU"))
 
 
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 def policy_name(precision: str) -> str:
-    """The Keras dtype policy for ``precision``: ``float32``, or ``mixed_float16`` on GPU / ``mixed_bfloat16`` on CPU."""
+    """The Keras dtype policy for ``precision``: ``float32``, or ``mixed_float16`` on GPU / ``mixed_bfloat16`` on CPU.
+
+    A policy name (as recorded in a cache or bundle) is returned as it is, so a model can be rebuilt exactly."""
+    if precision in POLICIES:
+        return precision
     if precision not in PRECISIONS:
         raise AlzmriError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "float32":

@@ -68,3 +68,20 @@ def test_predict_lists_unreadable_files_and_rejects_missing_inputs(trained: tupl
     assert table["error"].iloc[0] and table["predicted"].iloc[0] == ""
     with pytest.raises(DataError, match="no such image"):
         expand_inputs([tmp_path / "missing.png"])
+
+
+def test_predict_rebuilds_a_mixed_precision_backbone_like_its_cache(tmp_path: Path) -> None:
+    data, art = tmp_path / "data", tmp_path / "artifacts"
+    write_dataset(data, subjects_per_class=3, slices_per_subject=2, size=(64, 76), seed=4)
+    res = featurize_dataset(data, backbone="mobilenetv2", weights="none", image_size="32x32", subjects="auto",
+                            artifacts=art, progress=False, precision="mixed")
+    df = classify_dataset(data, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art,
+                          progress=False, log=lambda s: None)
+    bundle_file = Path(df.attrs["bundles"][0])
+    bundle = load_bundle(bundle_file)
+    assert bundle.backbone["precision"] == "mixed_bfloat16"  # no GPU here
+    fs = featurize.load(res.cache)
+    table, _ = predict_paths(bundle_file, [data / "test"])
+    by_path = {str(data / p): i for i, p in enumerate(fs.paths)}
+    expected = bundle.predict_proba(fs.X[[by_path[f] for f in table["file"]]])
+    np.testing.assert_allclose(table[[f"p_{c}" for c in bundle.class_names]].to_numpy(), expected, atol=2e-3)
