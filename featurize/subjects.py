@@ -414,7 +414,9 @@ def format_report(report: SubjectReport, inference: SubjectInference | None = No
                      "inflated; evaluate with --protocol subject-cv.")
     if r.conflicts:
         shown = ", ".join(r.conflicts[:max_listed]) + (" ..." if len(r.conflicts) > max_listed else "")
-        lines.append(f"warning: {len(r.conflicts)} subject(s) have slices with different labels: {shown}")
+        lines.append(f"warning: {len(r.conflicts)} subject(s) have slices with different labels: {shown}; one scan has "
+                     "one diagnosis, so inferred subjects like these usually mean that different people were merged "
+                     "(few slices per person?): check `alzmri subjects`, or pass --subjects column or regex:PATTERN")
     if r.small_classes:
         lines.append(f"warning: class(es) with fewer than {SMALL_CLASS_SUBJECTS} subjects: "
                      + ", ".join(f"{c} ({r.subjects_per_class[c]})" for c in r.small_classes)

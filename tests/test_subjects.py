@@ -211,6 +211,7 @@ def test_subject_report_counts_conflicts_and_leakage() -> None:
     text = fs.format_report(r)
     assert "WARNING" in text and "2 of 3 test subjects" in text and "--protocol subject-cv" in text
     assert "c" in text.splitlines()[-2] and "inflated" in text
+    assert "different people were merged" in text.splitlines()[-2] and "--subjects column or regex:" in text
 
     clean = fs.subject_report(labels, subjects, ["train"] * 9 + ["test"] * 3)
     assert clean.leaked_subjects == 0 and "WARNING" not in fs.format_report(clean)
