@@ -1,8 +1,8 @@
 """Fitted model bundles: a joblib file plus an HMAC-SHA256 signature sidecar.
 
-Naming: ``artifacts/models/<dataset-id>/<backbone>__<head>[__<weights>][__<layers>][__<task>][__<protocol>].joblib``
-where a part is added only when it differs from the default (weights ``imagenet``, layers ``last``, task
-``stages``, protocol ``official``), so the common case stays ``mobilenetv2__logreg.joblib`` and runs with
+Naming: ``artifacts/models/<dataset-id>/<backbone>__<head>[__<weights>][__<layers>][__<features>][__<task>][__<protocol>].joblib``
+where a part is added only when it differs from the default (weights ``imagenet``, layers ``last``, features
+"" (the backbone's input size, avg pooling, stretch, float32), task ``stages``, protocol ``official``), so the common case stays ``mobilenetv2__logreg.joblib`` and runs with
 other settings never overwrite each other.
 
 Why a signature: unpickling (joblib) executes code chosen by whoever wrote the file. ``load_bundle`` only
@@ -35,7 +35,7 @@ from featurize.errors import AlzmriError
 KEY_ENV = "ALZMRI_KEY_FILE"
 BUNDLE_FORMAT = 1
 BACKBONE_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers", "precision")
-DEFAULTS = {"weights": "imagenet", "layers": "last", "task": "stages", "protocol": "official"}
+DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official"}
 
 
 @dataclass
@@ -90,10 +90,11 @@ def _slug(text: str) -> str:
 
 
 def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str = "last", task: str = "stages",
-                protocol: str = "official") -> str:
+                protocol: str = "official", features: str = "") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
     parts = [_slug(backbone), _slug(head)]
-    for key, value in (("weights", weights), ("layers", layers), ("task", task), ("protocol", protocol)):
+    for key, value in (("weights", weights), ("layers", layers), ("features", features), ("task", task),
+                       ("protocol", protocol)):
         if value and value != DEFAULTS[key]:
             v = str(value)
             # Custom label maps can be long and full of symbols: name them by a short hash.
@@ -102,9 +103,10 @@ def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str
 
 
 def bundle_path(dataset_id: str, backbone: str, head: str, artifacts: str | os.PathLike[str] | None = None,
-                weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official") -> Path:
+                weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official",
+                features: str = "") -> Path:
     """Where the bundle of (dataset, backbone, head, ...) lives."""
-    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights, layers, task, protocol)
+    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights, layers, task, protocol, features)
 
 
 def list_bundles(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -63,7 +63,8 @@ def confusion_png(path: str | os.PathLike[str], cm: np.ndarray, class_names: lis
 
 def confusion_name(row: dict[str, Any] | pd.Series) -> str:
     """File name of a report row's confusion matrix PNG."""
-    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "task", "head", "protocol")]
+    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "features", "task", "head", "protocol")
+             if k != "features" or str(row.get(k, "") or "") not in ("", "nan")]
     return "confusion__" + "__".join(slug(p) for p in parts) + ".png"
 
 
@@ -106,6 +107,8 @@ def summary_png(path: str | os.PathLike[str], df: pd.DataFrame, title: str = "")
     if "layers" in df and df["layers"].nunique() > 1:
         # Layer tags can be long chains (a+b+last): one layer per line keeps tick labels apart.
         df["model"] = df["model"] + "\n" + df["layers"].astype(str).str.replace("+", "+\n", regex=False)
+    if "features" in df and df["features"].fillna("").astype(str).nunique() > 1:
+        df["model"] = df["model"] + "\n" + df["features"].fillna("").astype(str).replace("", "default")
     tasks = list(dict.fromkeys(df["task"].astype(str)))
     seen = list(dict.fromkeys(df["head"].astype(str)))
     heads = [h for h in HEAD_ORDER if h in seen] + [h for h in seen if h not in HEAD_ORDER]

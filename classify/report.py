@@ -1,4 +1,7 @@
-"""``report.csv``: one row per (dataset, backbone, weights, layers, task, head, protocol), upserted atomically.
+"""``report.csv``: one row per (dataset, backbone, weights, layers, features, task, head, protocol), upserted atomically.
+
+``features`` names the input settings of the cache when they differ from the backbone's defaults (image size,
+pooling, resize, precision; see ``featurize.store.variant_tag``), and is empty otherwise.
 
 Several commands (classify, baseline, sweep) and several processes write the same file, so every upsert
 is a locked read-modify-write followed by an atomic replace; unknown columns are kept, never dropped.
@@ -21,7 +24,7 @@ import pandas as pd
 from featurize.atomic import atomic_path
 from featurize.errors import AlzmriError
 
-KEY = ("dataset", "backbone", "weights", "layers", "task", "head", "protocol")
+KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol")
 COLUMNS = KEY + (
     "n_train", "n_test", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std", "macro_f1",
     "macro_f1_std", "roc_auc", "roc_auc_std", "subject_accuracy", "subject_accuracy_std", "subject_balanced_accuracy",
@@ -33,7 +36,7 @@ COLUMNS = KEY + (
 FORMATS = ("table", "csv", "markdown", "json")
 # The compact view: (column, header) pairs shown by the table/markdown formats when present.
 COMPACT = (("dataset", "dataset"), ("backbone", "backbone"), ("weights", "weights"), ("layers", "layers"),
-           ("task", "task"), ("head", "head"), ("protocol", "protocol"), ("n_train", "n_train"), ("n_test", "n_test"),
+           ("features", "features"), ("task", "task"), ("head", "head"), ("protocol", "protocol"), ("n_train", "n_train"), ("n_test", "n_test"),
            ("balanced_accuracy", "bal_acc"), ("macro_f1", "macro_f1"), ("roc_auc", "auc"),
            ("subject_balanced_accuracy", "subj_bal_acc"), ("leakage", "leak"), ("chance_balanced_accuracy", "chance"),
            ("permutation_p", "perm_p"), ("fit_seconds", "fit_s"))
@@ -135,7 +138,7 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     # Columns that are the same on every row (one dataset, default layers) are noise in a terminal table.
     # Weights always show: a random-init row must never pass for transfer learning.
     cols = [(c, h) for c, h in COMPACT if c in df.columns and df[c].notna().any()
-            and not (c in ("dataset", "layers", "task") and df[c].nunique(dropna=False) <= 1 and len(df) > 1)]
+            and not (c in ("dataset", "layers", "features", "task") and df[c].nunique(dropna=False) <= 1 and len(df) > 1)]
     body = []
     for _, r in df.iterrows():
         line = []

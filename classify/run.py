@@ -21,6 +21,7 @@ from classify.tasks import apply_label_map
 from featurize.config import dataset_dir, features_dir, report_path
 from featurize.errors import AlzmriError, CacheError
 from featurize.featureset import FeatureSet
+from featurize.store import variant_tag
 
 Log = Callable[[str], None]
 
@@ -38,13 +39,12 @@ def plots_dir(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) 
 
 
 def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
-                  artifacts: str | os.PathLike[str] | None = None, log: Log = lambda s: None,
-                  layers: str = "all") -> list[Path]:
+                  artifacts: str | os.PathLike[str] | None = None, layers: str = "all") -> list[Path]:
     """The complete caches of ``data_root`` for ``backbone`` ("all", a name, or "a,b").
 
-    CacheError naming the `alzmri featurize` command to run when a requested backbone has none. When several
-    caches share (backbone, weights, layers), which is the report key, only the newest is used (and said so),
-    so one run never writes two results under the same key.
+    CacheError naming the `alzmri featurize` command to run when a requested backbone has none. Caches that differ
+    only in their input settings (size, pooling, resize, precision) are all used: the report and the bundles tell
+    them apart by ``features`` (``featurize.store.variant_tag``).
     """
     from featurize.dataset import dataset_id
     from featurize.store import find_caches, read_attrs
@@ -74,17 +74,7 @@ def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
             raise CacheError(f"no cache with --layers {layers} for {data_root}; run `alzmri featurize --data {data_root} "
                              f"--backbone {backbone if backbone != 'all' else 'NAME'} --layers {layers}` first")
         chosen = kept
-    by_key: dict[tuple[str, str, str], list[Path]] = {}
-    for p, a in chosen:
-        by_key.setdefault((str(a.get("backbone")), str(a.get("weights")), str(a.get("layers"))), []).append(p)
-    out = []
-    for key, paths in by_key.items():
-        newest = max(paths, key=lambda p: p.stat().st_mtime)
-        if len(paths) > 1:
-            log(f"{len(paths)} caches of {'/'.join(key)} (other image size, pooling or resize); using the newest, "
-                f"{newest.name}")
-        out.append(newest)
-    return sorted(dict.fromkeys(out))
+    return sorted(p for p, _ in chosen)
 
 
 def _fmt_spc(spc: dict[str, int] | None) -> str:
@@ -96,7 +86,7 @@ def report_row(fs: FeatureSet, res: EvalResult, task: str, model_path: Path | No
     m = fs.meta
     row: dict[str, Any] = {
         "dataset": m.get("dataset_id", ""), "backbone": m.get("backbone", ""), "weights": m.get("weights", ""),
-        "layers": m.get("layers", ""), "task": task, "head": res.head, "protocol": res.protocol,
+        "layers": m.get("layers", ""), "features": variant_tag(m), "task": task, "head": res.head, "protocol": res.protocol,
         "n_train": res.n_train, "n_test": res.n_test,
     }
     for k, v in res.metrics.items():
@@ -164,7 +154,7 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
             said.append(msg)
             log(msg)
 
-    caches = select_caches(data_root, backbone, artifacts, warn, layers)
+    caches = select_caches(data_root, backbone, artifacts, layers)
     ds_id = dataset_id(data_root)
     rows: list[dict[str, Any]] = []
     bundles: list[Path] = []
@@ -182,7 +172,7 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
                 path = bundle_path(ds_id, str(fs.meta.get("backbone")), head, artifacts, str(fs.meta.get("weights")),
-                                   str(fs.meta.get("layers")), task_name, protocol)
+                                   str(fs.meta.get("layers")), task_name, protocol, variant_tag(fs.meta))
                 bundle = ModelBundle(
                     pipeline=res.model, class_names=list(fs.class_names),
                     backbone={k: fs.meta.get(k) for k in BACKBONE_KEYS}, fingerprint=str(fs.meta.get("fingerprint", "")),

@@ -104,7 +104,7 @@ def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[s
     from featurize.dataset import dataset_id
     from featurize.progress import progress_bar
     from featurize.run import featurize_layers
-    from featurize.store import load
+    from featurize.store import load, variant_tag
 
     if criterion not in CRITERIA:
         raise AlzmriError(f"unknown --criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
@@ -141,7 +141,8 @@ def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[s
         ranked = sorted(cands, key=lambda c: -np.nan_to_num(c.score, nan=-1))
         best = ranked[0]
         nested, picks = nested_estimate(cands)
-        path = bundle_path(ds_id, best.backbone, best.head, artifacts, best.weights, best.layers, best.task, "subject-cv")
+        path = bundle_path(ds_id, best.backbone, best.head, artifacts, best.weights, best.layers, best.task, "subject-cv",
+                           variant_tag(best.fs.meta))
         selection = (f"sweep winner by mean subject-cv {criterion} over {len(cands)} combinations; "
                      f"nested estimate of the selection {nested:.3f}")
         bundle = ModelBundle(pipeline=best.result.model, class_names=list(best.fs.class_names),

@@ -38,6 +38,24 @@ def identity(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: settings.get(k) for k in SETTING_KEYS if k != "precision" or settings.get("precision")}
 
 
+def variant_tag(settings: dict[str, Any]) -> str:
+    """The input settings of a cache that differ from its backbone's defaults, e.g. ``176x208`` or
+    ``224x224-max-pad``; "" for the defaults. It tells apart report rows and bundles of one backbone."""
+    from featurize.backbones import BACKBONES
+
+    bb = BACKBONES.get(str(settings.get("backbone", "")))
+    size = str(settings.get("image_size") or "")
+    default_size = f"{bb.input_size}x{bb.input_size}" if bb else size
+    parts = [size if size and size != default_size else ""]
+    parts += [str(settings.get(k) or "") for k, default in (("pooling", "avg"), ("resize", "stretch"))
+              if str(settings.get(k) or default) != default]
+    parts.append(str(settings.get("precision") or ""))
+    parts = [x for x in parts if x]
+    if parts and not parts[0][0].isdigit():  # size is default but something else is not: name the size too
+        parts.insert(0, size)
+    return "-".join(x for x in parts if x)
+
+
 def cache_name(settings: dict[str, Any]) -> str:
     """File name of a cache, e.g. ``mobilenetv2__imagenet__224x224__avg__stretch__last.h5``
     (``...__last__mixed_float16.h5`` under mixed precision)."""

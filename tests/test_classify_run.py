@@ -101,3 +101,26 @@ def test_subjects_required_where_they_matter(tmp_path: Path) -> None:
     df = classify_dataset(root, "all", ["logreg"], "official", artifacts=art, n_jobs=1, progress=False, log=said.append)
     assert df["leakage"].isna().all()  # unknown, not zero
     assert any("subjects unknown" in w for w in said) and df.attrs["warnings"] == said
+
+
+def test_caches_with_other_input_settings_get_their_own_rows_and_bundles(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from classify.report import format_report
+    from featurize.config import report_path
+
+    root, art = tmp_path / "data", tmp_path / "art"
+    fs = synthetic(subjects=6, slices=3, split=True)
+    _cache(root, art, fs)
+    native = synthetic(subjects=6, slices=3, split=True)
+    native.meta.update(backbone="mobilenetv2", weights="imagenet", weights_sha256="00", image_size="176x208", pooling="avg",
+                       resize="stretch", layers="last", data_root=str(root))
+    save(features_dir(dataset_id(root), art) / cache_name(native.meta), native)
+    df = classify_dataset(root, heads=["logreg"], artifacts=art, progress=False, log=lambda s: None)
+    assert sorted(df["features"]) == ["", "176x208"]
+    assert sorted(Path(b).name for b in df.attrs["bundles"]) == ["mobilenetv2__logreg.joblib", "mobilenetv2__logreg__176x208.joblib"]
+    report = pd.read_csv(report_path(art), keep_default_na=False)
+    assert len(report) == 2 and sorted(report["features"]) == ["", "176x208"]
+    assert "features" in format_report(report, "markdown").splitlines()[0]
+    classify_dataset(root, heads=["logreg"], artifacts=art, progress=False, log=lambda s: None)
+    assert len(pd.read_csv(report_path(art))) == 2  # rerun: upserted, not duplicated

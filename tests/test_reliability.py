@@ -203,7 +203,7 @@ def test_ctrl_c_in_classify_keeps_only_finished_rows_and_a_rerun_completes(kaggl
     report = pd.read_csv(artifacts / "report.csv")
     assert list(report["head"]) == ["logreg"]
     bundles = list_bundles(dataset_id(kaggle_root))
-    assert [b.name for b in bundles] == ["mobilenetv2__logreg__random-init.joblib"]
+    assert [b.name for b in bundles] == ["mobilenetv2__logreg__random-init__32x32.joblib"]
     load_bundle(bundles[0])  # what was written is complete and verifiable
     crun.classify_dataset(kaggle_root, heads=["logreg", "svm"], progress=False, log=lambda s: None)
     report = pd.read_csv(artifacts / "report.csv")
