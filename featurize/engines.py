@@ -40,9 +40,10 @@ OPSET = 17
 TOLERANCE = 1e-4
 INPUT_NAME = "images"
 # Light networks run faster in small sub-batches on the ONNX runtimes (their activations stay in cache):
-# MobileNetV2 224x224 at 8 images per call vs 32: OpenVINO 1.23x, onnxruntime 1.25x; ResNet50 (7.7 GFLOP)
-# is 1.2x slower at 8, so heavier networks keep the caller's batch. Measured by benchmarks/featurize.py.
-SMALL_BATCH = 8
+# MobileNetV2 224x224 at 4 / 8 images per call vs 32: OpenVINO 1.25x / 1.23x, onnxruntime 1.40x / 1.27x; inside
+# the featurize loop, 4 vs 8 gave OpenVINO +3-9%, onnxruntime +0-4%. ResNet50 (7.7 GFLOP) is 1.2x slower at 8,
+# so heavier networks keep the caller's batch. Measured by benchmarks/featurize.py and docs/benchmarks.md.
+SMALL_BATCH = 4
 LIGHT_GFLOP = 2.0
 
 
