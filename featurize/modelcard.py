@@ -1,6 +1,6 @@
 """Model cards: what a built feature model was, so that a later run can use its ONNX export without TensorFlow.
 
-Building a backbone costs a TensorFlow import (3-4 s) and the Keras construction (1-2 s), and is only needed to learn
+Building a backbone costs a TensorFlow import (about 5 s) and the Keras construction (1-2 s), and is only needed to learn
 the weights checksum and output widths, and to export. Once a run has done that, a card beside the export records:
 
 - the *source* of the weights, as a fingerprint computed without TF: the backbone, the weights label (a file's
