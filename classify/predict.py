@@ -47,28 +47,22 @@ def _weights_arg(tag: str, weights: str | None) -> str:
 
 
 def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32, weights: str | None = None,
-                    progress: bool = False) -> tuple[np.ndarray, list[str]]:
-    """Rebuild the bundle's backbone, refuse mismatched weights, and featurize ``files`` in memory.
+                    progress: bool = False, engines: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Run the bundle's backbone on ``files`` in memory: from the model card and verified ONNX export in ``engines``
+    when they match the bundle's weights checksum (no TF), else rebuilt with TF, refusing mismatched weights.
 
     Returns features (rows of unreadable files are NaN) and the error per file ("" when fine).
     """
-    from featurize.backbones import build_base, feature_model, get_backbone, resolve_layers, weights_checksum
-    from featurize.devices import precision_policy
+    from featurize.backbones import get_backbone
     from featurize.images import parse_size
-    from featurize.pipeline import image_batches, make_forward
+    from featurize.pipeline import image_batches
     from featurize.progress import progress_bar
 
     bb = get_backbone(spec["backbone"])
     size = parse_size(spec["image_size"])
-    with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
-        base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
-        layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
-        model = feature_model(base, layers, spec.get("pooling", "avg"))
-    got = weights_checksum(model)
-    if spec.get("weights_sha256") and got != spec["weights_sha256"]:
-        raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was trained on "
-                           f"({str(spec['weights_sha256'])[:12]}); features would not match, so predict refuses")
-    forward = make_forward(model, bb.preprocess_fn(), batch_size)
+    forward = _forward_from_card(spec, weights, batch_size, engines) if engines is not None else None
+    if forward is None:
+        forward = _forward_from_tf(spec, bb, size, weights, batch_size)
     feats: list[np.ndarray] = []
     errors: list[str] = []
     with progress_bar(len(files), "predict", enabled=progress) as advance:
@@ -79,6 +73,42 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
             errors += e
             advance(len(e))
     return np.concatenate(feats), errors
+
+
+def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: int,
+                       engines: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The backbone from the model card and verified ONNX export that featurize left in ``engines`` (no TF),
+    when they are for exactly the weights the head was trained on; else None."""
+    from featurize.modelcard import cached_forward
+
+    settings = {"backbone": spec["backbone"], "weights": spec["weights"], "image_size": spec["image_size"],
+                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision")}
+    try:
+        got = cached_forward(engines, settings, [str(spec.get("layers") or "last")], int(spec.get("seed", 0) or 0),
+                             _weights_arg(str(spec["weights"]), weights), "auto", batch_size)
+    except WeightsError:
+        return None
+    if got is None or got[2] != spec.get("weights_sha256"):
+        return None  # the TF path rebuilds the backbone and says what differs
+    return got[0]
+
+
+def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weights: str | None,
+                     batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Rebuild the backbone with TF, refuse other weights than the head was trained on."""
+    from featurize.backbones import build_base, feature_model, resolve_layers, weights_checksum
+    from featurize.devices import precision_policy
+    from featurize.pipeline import make_forward
+
+    with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
+        base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
+        layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
+        model = feature_model(base, layers, spec.get("pooling", "avg"))
+    got = weights_checksum(model)
+    if spec.get("weights_sha256") and got != spec["weights_sha256"]:
+        raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was trained on "
+                           f"({str(spec['weights_sha256'])[:12]}); features would not match, so predict refuses")
+    return make_forward(model, bb.preprocess_fn(), batch_size)
 
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], batch_size: int = 32,
@@ -104,7 +134,10 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
 
         bundle = load_bundle(path)
         class_names = list(bundle.class_names)
-        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress)
+        # a bundle in artifacts/models/<dataset>/ finds the exports and model cards in artifacts/engines/
+        parents = path.resolve().parents
+        engines = parents[2] / "engines" if len(parents) > 2 else None
+        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress, engines=engines)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():

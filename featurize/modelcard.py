@@ -19,7 +19,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from featurize.atomic import atomic_path
 from featurize.backbones import weights_tag
@@ -60,11 +62,32 @@ def gpu_possible() -> bool:
     return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
 
 
-def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], choices: list[str], seed: int) -> Path:
-    """The card of a feature model: backbone, weights label, size, layer choices, pooling and seed."""
-    raw = "__".join([settings["backbone"], settings["weights"], settings["image_size"], "+".join(choices),
+def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], layer_tags: list[str], seed: int) -> Path:
+    """The card of a feature model: backbone, weights label, size, resolved layer tags (one per cache the model
+    feeds, e.g. ``["last"]``), pooling and seed."""
+    raw = "__".join([settings["backbone"], settings["weights"], settings["image_size"], ",".join(layer_tags),
                      settings["pooling"], f"seed{seed}"])
     return Path(folder) / (re.sub(r"[^A-Za-z0-9._+-]+", "_", raw)[:200] + ".card.json")
+
+
+def cached_forward(folder: str | os.PathLike[str], settings: dict[str, Any], layer_tags: list[str], seed: int,
+                   weights: str, engine: str, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
+    """(forward, runtime, weights checksum, output widths) from a matching card and its verified export, without
+    TF; None when anything is in doubt (then the caller builds the model with TF)."""
+    from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
+
+    runtime = cpu_runtime(engine)
+    if runtime is None or settings.get("precision") or gpu_possible():
+        return None
+    source = weights_source(settings["backbone"], weights, seed)
+    card = read_card(card_path(folder, settings, layer_tags, seed), source) if source is not None else None
+    if card is None:
+        return None
+    inner = min(batch_size, SMALL_BATCH) if card.get("light") else batch_size
+    forward = load_verified(folder, card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
+    if forward is None:
+        return None
+    return forward, runtime, str(card["weights_sha256"]), [int(d) for d in card["dims"]]
 
 
 def read_card(path: Path, source: str) -> dict[str, Any] | None:

@@ -239,7 +239,8 @@ def featurize_layers(
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
-            spec = _ModelSpec(bb, weights, st, choices, seed, (engine or "auto").lower(), batch_size, artifacts, precision, devices)
+            spec = _ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, (engine or "auto").lower(),
+                              batch_size, artifacts, precision, devices)
             forward, engine_used, sha, dims = _from_card(spec) or _from_tf(spec, log)
             for t in targets:
                 t.accept_weights(sha, log)
@@ -337,6 +338,7 @@ class _ModelSpec:
     weights: str
     settings: dict[str, Any]
     choices: list[str]
+    layer_tags: list[str]
     seed: int
     engine: str
     batch_size: int
@@ -351,23 +353,11 @@ Forward = Callable[[np.ndarray], np.ndarray]
 def _from_card(spec: _ModelSpec) -> tuple[Forward, str, str, list[int]] | None:
     """(forward, engine, weights checksum, widths) from a model card and its verified export, without TF; else None."""
     from featurize import modelcard
-    from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
 
-    runtime = cpu_runtime(spec.engine)
-    if runtime is None or spec.precision != "float32" or spec.devices == "mirrored" or modelcard.gpu_possible():
+    if spec.devices == "mirrored":
         return None
-    source = modelcard.weights_source(spec.settings["backbone"], spec.weights, spec.seed)
-    if source is None:
-        return None
-    folder = engines_dir(spec.artifacts)
-    card = modelcard.read_card(modelcard.card_path(folder, spec.settings, spec.choices, spec.seed), source)
-    if card is None:
-        return None
-    inner = min(spec.batch_size, SMALL_BATCH) if card.get("light") else spec.batch_size
-    forward = load_verified(folder, card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
-    if forward is None:
-        return None
-    return forward, runtime, str(card["weights_sha256"]), [int(d) for d in card["dims"]]
+    return modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.weights,
+                                    spec.engine, spec.batch_size)
 
 
 def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
@@ -391,7 +381,7 @@ def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
     if used != "tf" and source is not None:
         hw = (int(model.input_shape[1]), int(model.input_shape[2]))
         with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else
-            modelcard.write_card(modelcard.card_path(folder, st, spec.choices, spec.seed), source, sha, dims, key, hw,
+            modelcard.write_card(modelcard.card_path(folder, st, spec.layer_tags, spec.seed), source, sha, dims, key, hw,
                                  light=is_light(model))
     return forward, used, sha, dims
 

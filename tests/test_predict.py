@@ -85,3 +85,25 @@ def test_predict_rebuilds_a_mixed_precision_backbone_like_its_cache(tmp_path: Pa
     by_path = {str(data / p): i for i, p in enumerate(fs.paths)}
     expected = bundle.predict_proba(fs.X[[by_path[f] for f in table["file"]]])
     np.testing.assert_allclose(table[[f"p_{c}" for c in bundle.class_names]].to_numpy(), expected, atol=2e-3)
+
+
+def test_predict_uses_the_model_card_and_export_without_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import featurize.backbones
+    import featurize.modelcard
+
+    monkeypatch.setattr(featurize.modelcard, "gpu_possible", lambda: False)
+    data, art = tmp_path / "data", tmp_path / "artifacts"
+    write_dataset(data, subjects_per_class=3, slices_per_subject=2, size=(64, 76), seed=5)
+    res = featurize_dataset(data, backbone="mobilenetv2", weights="none", image_size="32x32", subjects="auto",
+                            artifacts=art, progress=False, engine="onnx")
+    assert list((art / "engines").glob("*.card.json"))
+    df = classify_dataset(data, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art,
+                          progress=False, log=lambda s: None)
+    bundle_file = Path(df.attrs["bundles"][0])
+    bundle = load_bundle(bundle_file)
+    monkeypatch.setattr(featurize.backbones, "build_base", lambda *a, **k: pytest.fail("rebuilt the backbone with TF"))
+    table, _ = predict_paths(bundle_file, [data / "test"])
+    fs = featurize.load(res.cache)
+    by_path = {str(data / p): i for i, p in enumerate(fs.paths)}
+    expected = bundle.predict_proba(fs.X[[by_path[f] for f in table["file"]]])
+    np.testing.assert_allclose(table[[f"p_{c}" for c in bundle.class_names]].to_numpy(), expected, atol=1e-3)
