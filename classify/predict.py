@@ -81,13 +81,16 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
     when they are for exactly the weights the head was trained on; else None."""
     from featurize.modelcard import cached_forward
 
-    settings = {"backbone": spec["backbone"], "weights": spec["weights"], "image_size": spec["image_size"],
-                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision")}
-    try:
-        got = cached_forward(engines, settings, [str(spec.get("layers") or "last")], int(spec.get("seed", 0) or 0),
-                             _weights_arg(str(spec["weights"]), weights), "auto", batch_size)
+    from featurize.backbones import weights_tag
+
+    try:  # the weights given now, labelled as featurize labels them (a file by its SHA-256)
+        tag = weights_tag(_weights_arg(str(spec["weights"]), weights))
     except WeightsError:
         return None
+    settings = {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
+                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision")}
+    got = cached_forward(engines, settings, [str(spec.get("layers") or "last")], int(spec.get("seed", 0) or 0), "auto",
+                         batch_size)
     if got is None or got[2] != spec.get("weights_sha256"):
         return None  # the TF path rebuilds the backbone and says what differs
     return got[0]

@@ -24,18 +24,19 @@ from typing import Any, Callable
 import numpy as np
 
 from featurize.atomic import atomic_path
-from featurize.backbones import weights_tag
 
 
-def weights_source(backbone: str, weights: str, seed: int) -> str | None:
-    """A fingerprint of where the weights come from, computed without TF; None when it cannot be known."""
+def weights_source(backbone: str, tag: str, seed: int) -> str | None:
+    """A fingerprint of where the weights come from, computed without TF; None when it cannot be known.
+
+    ``tag`` is the weights label of ``backbones.weights_tag`` (it carries a weights file's SHA-256), as the cache
+    settings hold it, so the file is not hashed again."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         versions = [version("tensorflow"), version("keras")]
     except PackageNotFoundError:
         return None
-    tag = weights_tag(weights)
     parts: list[Any] = [backbone, tag, versions]
     if tag == "random-init":
         parts.append(seed)
@@ -71,7 +72,7 @@ def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], layer_ta
 
 
 def cached_forward(folder: str | os.PathLike[str], settings: dict[str, Any], layer_tags: list[str], seed: int,
-                   weights: str, engine: str, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
+                   engine: str, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
     """(forward, runtime, weights checksum, output widths) from a matching card and its verified export, without
     TF; None when anything is in doubt (then the caller builds the model with TF)."""
     from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
@@ -79,7 +80,7 @@ def cached_forward(folder: str | os.PathLike[str], settings: dict[str, Any], lay
     runtime = cpu_runtime(engine)
     if runtime is None or settings.get("precision") or gpu_possible():
         return None
-    source = weights_source(settings["backbone"], weights, seed)
+    source = weights_source(settings["backbone"], settings["weights"], seed)
     card = read_card(card_path(folder, settings, layer_tags, seed), source) if source is not None else None
     if card is None:
         return None

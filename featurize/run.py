@@ -18,6 +18,7 @@ from featurize import store
 from featurize.backbones import build_base, feature_model, get_backbone, layers_tag, resolve_layers, weights_checksum, weights_tag
 from featurize.config import engines_dir, features_dir
 from featurize.dataset import Dataset, scan
+from featurize.engines import Forward
 from featurize.errors import AlzmriError, CacheError
 from featurize.images import RESIZE_MODES, parse_size
 from featurize.progress import progress_bar
@@ -347,17 +348,14 @@ class _ModelSpec:
     devices: str
 
 
-Forward = Callable[[np.ndarray], np.ndarray]
-
-
 def _from_card(spec: _ModelSpec) -> tuple[Forward, str, str, list[int]] | None:
     """(forward, engine, weights checksum, widths) from a model card and its verified export, without TF; else None."""
     from featurize import modelcard
 
     if spec.devices == "mirrored":
         return None
-    return modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.weights,
-                                    spec.engine, spec.batch_size)
+    return modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.engine,
+                                    spec.batch_size)
 
 
 def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
@@ -377,7 +375,7 @@ def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
     key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"])
     folder = engines_dir(spec.artifacts)
     forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
-    source = modelcard.weights_source(st["backbone"], spec.weights, spec.seed)
+    source = modelcard.weights_source(st["backbone"], st["weights"], spec.seed)
     if used != "tf" and source is not None:
         hw = (int(model.input_shape[1]), int(model.input_shape[2]))
         with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else

@@ -46,14 +46,13 @@ def variant_tag(settings: dict[str, Any]) -> str:
     bb = BACKBONES.get(str(settings.get("backbone", "")))
     size = str(settings.get("image_size") or "")
     default_size = f"{bb.input_size}x{bb.input_size}" if bb else size
-    parts = [size if size and size != default_size else ""]
-    parts += [str(settings.get(k) or "") for k, default in (("pooling", "avg"), ("resize", "stretch"))
+    extras = [str(settings[k]) for k, default in (("pooling", "avg"), ("resize", "stretch"))
               if str(settings.get(k) or default) != default]
-    parts.append(str(settings.get("precision") or ""))
-    parts = [x for x in parts if x]
-    if parts and not parts[0][0].isdigit():  # size is default but something else is not: name the size too
-        parts.insert(0, size)
-    return "-".join(x for x in parts if x)
+    if settings.get("precision"):
+        extras.append(str(settings["precision"]))
+    if size == default_size and not extras:
+        return ""
+    return "-".join([size, *extras])
 
 
 def cache_name(settings: dict[str, Any]) -> str:

@@ -78,7 +78,7 @@ def test_weights_source_follows_the_keras_cache(tmp_path: Path, monkeypatch: pyt
     weights.write_bytes(b"2" * 11)  # other weights downloaded in place
     second = modelcard.weights_source("mobilenetv2", "imagenet", 0)
     assert second != first and modelcard.read_card(card, second) is None
-    assert modelcard.weights_source("mobilenetv2", "none", 0) != modelcard.weights_source("mobilenetv2", "none", 1)
+    assert modelcard.weights_source("mobilenetv2", "random-init", 0) != modelcard.weights_source("mobilenetv2", "random-init", 1)
     card.write_text("{not json")
     assert modelcard.read_card(card, first) is None
 
