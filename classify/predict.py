@@ -47,7 +47,8 @@ def _weights_arg(tag: str, weights: str | None) -> str:
 
 
 def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32, weights: str | None = None,
-                    progress: bool = False, engines: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, list[str]]:
+                    progress: bool = False, engines: str | os.PathLike[str] | None = None,
+                    log: Log = lambda s: None) -> tuple[np.ndarray, list[str]]:
     """Run the bundle's backbone on ``files`` in memory: from the model card and verified ONNX export in ``engines``
     when they match the bundle's weights checksum (no TF), else rebuilt with TF, refusing mismatched weights.
 
@@ -62,7 +63,7 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
     size = parse_size(spec["image_size"])
     forward = _forward_from_card(spec, weights, batch_size, engines) if engines is not None else None
     if forward is None:
-        forward = _forward_from_tf(spec, bb, size, weights, batch_size)
+        forward = _forward_from_tf(spec, bb, size, weights, batch_size, log)
     feats: list[np.ndarray] = []
     errors: list[str] = []
     with progress_bar(len(files), "predict", enabled=progress) as advance:
@@ -77,11 +78,11 @@ def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32
 
 def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: int,
                        engines: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The backbone from the model card and verified ONNX export that featurize left in ``engines`` (no TF),
-    when they are for exactly the weights the head was trained on; else None."""
-    from featurize.modelcard import cached_forward
-
+    """The backbone from the model card and verified ONNX export that featurize left in ``engines`` (no TF), for
+    exactly the bundle's layer taps (cut out of a multi-choice pass when needed) and for exactly the weights the head
+    was trained on; else None."""
     from featurize.backbones import weights_tag
+    from featurize.modelcard import cached_forward_for
 
     try:  # the weights given now, labelled as featurize labels them (a file by its SHA-256)
         tag = weights_tag(_weights_arg(str(spec["weights"]), weights))
@@ -89,17 +90,20 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
         return None
     settings = {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
                 "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision")}
-    got = cached_forward(engines, settings, [str(spec.get("layers") or "last")], int(spec.get("seed", 0) or 0), "auto",
-                         batch_size)
-    if got is None or got[2] != spec.get("weights_sha256"):
+    got = cached_forward_for(engines, settings, str(spec.get("layers") or "last"), int(spec.get("seed", 0) or 0), "auto",
+                             batch_size)
+    if got is None or got[1] != spec.get("weights_sha256"):
         return None  # the TF path rebuilds the backbone and says what differs
     return got[0]
 
 
 def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weights: str | None,
-                     batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Rebuild the backbone with TF, refuse other weights than the head was trained on."""
-    from featurize.backbones import build_base, feature_model, resolve_layers, weights_checksum
+                     batch_size: int, log: Log = lambda s: None) -> Callable[[np.ndarray], np.ndarray]:
+    """Rebuild the backbone with TF, with the bundle's layer taps; refuse other weights than the head was trained on.
+
+    A bundle made by alzmri 0.1.0 from a mid-layer cache recorded the checksum of a truncated model: it is accepted
+    when it is that of these very weights (``backbones.legacy_checksums``)."""
+    from featurize.backbones import build_base, feature_model, legacy_checksums, resolve_layers, weights_checksum
     from featurize.devices import precision_policy
     from featurize.pipeline import make_forward
 
@@ -107,10 +111,12 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
         base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
         layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
         model = feature_model(base, layers, spec.get("pooling", "avg"))
-    got = weights_checksum(model)
-    if spec.get("weights_sha256") and got != spec["weights_sha256"]:
-        raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was trained on "
-                           f"({str(spec['weights_sha256'])[:12]}); features would not match, so predict refuses")
+    got, want = weights_checksum(base), str(spec.get("weights_sha256") or "")
+    if want and got != want:
+        if want not in legacy_checksums(base, covering=len(model.weights)):
+            raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was "
+                               f"trained on ({want[:12]}); features would not match, so predict refuses")
+        log(f"the model records the checksum of a truncated {bb.name} (alzmri 0.1.0); verified: same weights")
     return make_forward(model, bb.preprocess_fn(), batch_size)
 
 
@@ -140,7 +146,7 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         # a bundle in artifacts/models/<dataset>/ finds the exports and model cards in artifacts/engines/
         parents = path.resolve().parents
         engines = parents[2] / "engines" if len(parents) > 2 else None
-        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress, engines=engines)
+        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress, engines=engines, log=log)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():

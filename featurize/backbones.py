@@ -103,12 +103,33 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weights_checksum(model: Any) -> str:
-    """SHA-256 over every weight tensor of a model, in order: identifies exactly what was loaded."""
+# Recorded with every cache: the checksum below covers the whole backbone. alzmri 0.1.0 hashed the feature model of
+# one pass instead, which a mid-layer tap truncates, so its checksums depend on the layers asked for (issue 21).
+CHECKSUM_SCOPE = "backbone"
+
+
+def weights_checksum(base: Any) -> str:
+    """SHA-256 over every weight tensor of the whole headless backbone ``base``, in Keras's order.
+
+    It identifies the weights: the same for every layer choice, engine and pass (``build_base`` output, not a
+    ``feature_model`` cut at a mid layer)."""
     h = hashlib.sha256()
-    for w in model.weights:
+    for w in base.weights:
         h.update(np.ascontiguousarray(w.numpy()).tobytes())
     return h.hexdigest()
+
+
+def legacy_checksums(base: Any, *, covering: int) -> set[str]:
+    """The checksums alzmri 0.1.0 may have recorded for features of ``base`` that need its first ``covering`` weight
+    tensors: that version hashed the pass's feature model, whose tensors are a prefix of the backbone's (checked for
+    every registered backbone), cut at the pass's deepest tap, which is at or below this cache's own."""
+    h = hashlib.sha256()
+    out: set[str] = set()
+    for k, w in enumerate(base.weights, start=1):
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+        if k >= covering:
+            out.add(h.hexdigest())
+    return out
 
 
 def build_base(backbone: Backbone, weights: str, size: tuple[int, int], seed: int = 0) -> Any:
@@ -163,7 +184,8 @@ def feature_model(base: Any, layers: list[str], pooling: str, prefix: str = "") 
             try:
                 tensor = base.get_layer(name).output
             except ValueError:
-                raise AlzmriError(f"backbone has no layer {name!r}; see `alzmri featurize --list-layers --backbone ...`") from None
+                raise AlzmriError(f"{base.name} has no layer {name!r}; pass --layers last|mid|multi, or layer names that "
+                                 f"keras.applications' {base.name}.summary() lists") from None
         outs.append(pool(name=f"{prefix}pool_{len(outs)}")(tensor))
     out = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name=f"{prefix}concat")(outs)
     return keras.Model(base.input, out, name=f"{base.name}_features")

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from featurize.atomic import atomic_path
+from featurize.backbones import CHECKSUM_SCOPE
 
 
 def weights_source(backbone: str, tag: str, seed: int) -> str | None:
@@ -75,18 +76,53 @@ def cached_forward(folder: str | os.PathLike[str], settings: dict[str, Any], lay
                    engine: str, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
     """(forward, runtime, weights checksum, output widths) from a matching card and its verified export, without
     TF; None when anything is in doubt (then the caller builds the model with TF)."""
+    got = _card_and_source(folder, settings, seed, engine)
+    if got is None:
+        return None
+    card = read_card(card_path(folder, settings, layer_tags, seed), got)
+    return _load(folder, card, engine, batch_size) if card is not None else None
+
+
+def cached_forward_for(folder: str | os.PathLike[str], settings: dict[str, Any], tag: str, seed: int, engine: str,
+                       batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str] | None:
+    """(forward, weights checksum) for the one layer choice ``tag`` (e.g. ``block_13_expand_relu``), from its own card
+    or from the card of a pass that computed it beside other choices (its columns are cut out); None when in doubt."""
+    source = _card_and_source(folder, settings, seed, engine)
+    if source is None:
+        return None
+    exact = card_path(folder, settings, [tag], seed)
+    head, tail = card_path(folder, settings, ["LAYERS-HERE"], seed).name.split("LAYERS-HERE", 1)
+    for path in [exact, *sorted(p for p in Path(folder).glob(f"{head}*{tail}") if p != exact)]:
+        card = read_card(path, source)
+        if card is None or tag not in card.get("tags", []) or len(card["tags"]) != len(card["dims"]):
+            continue
+        got = _load(folder, card, engine, batch_size)
+        if got is None:
+            continue
+        i = card["tags"].index(tag)
+        lo, hi = sum(card["dims"][:i]), sum(card["dims"][:i + 1])
+        full = got[0]
+        return (full if len(card["tags"]) == 1 else (lambda x: full(x)[:, lo:hi])), got[2]
+    return None
+
+
+def _card_and_source(folder: str | os.PathLike[str], settings: dict[str, Any], seed: int, engine: str) -> str | None:
+    """The weights source fingerprint when a card may be used here at all (CPU runtime, float32, no GPU), else None."""
+    from featurize.engines import cpu_runtime
+
+    if cpu_runtime(engine) is None or settings.get("precision") or gpu_possible() or not Path(folder).is_dir():
+        return None
+    return weights_source(settings["backbone"], settings["weights"], seed)
+
+
+def _load(folder: str | os.PathLike[str], card: dict[str, Any], engine: str,
+          batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str, str, list[int]] | None:
     from featurize.engines import SMALL_BATCH, cpu_runtime, load_verified
 
     runtime = cpu_runtime(engine)
-    if runtime is None or settings.get("precision") or gpu_possible():
-        return None
-    source = weights_source(settings["backbone"], settings["weights"], seed)
-    card = read_card(card_path(folder, settings, layer_tags, seed), source) if source is not None else None
-    if card is None:
-        return None
     inner = min(batch_size, SMALL_BATCH) if card.get("light") else batch_size
     forward = load_verified(folder, card["key"], runtime, inner, (card["input_hw"][0], card["input_hw"][1]))
-    if forward is None:
+    if forward is None or runtime is None:
         return None
     return forward, runtime, str(card["weights_sha256"]), [int(d) for d in card["dims"]]
 
@@ -101,14 +137,17 @@ def read_card(path: Path, source: str) -> dict[str, Any] | None:
         return None
     if not isinstance(card.get("dims"), list) or not card.get("weights_sha256") or not card.get("key"):
         return None
+    if card.get("checksum") != CHECKSUM_SCOPE:  # an alzmri 0.1.0 card: its checksum covered only the tapped layers
+        return None
     return card
 
 
 def write_card(path: Path, source: str, weights_sha256: str, dims: list[int], key: str, hw: tuple[int, int],
-               light: bool) -> None:
-    """Record a built model's checksum, widths, export key, input (height, width) and whether it is a light network
-    (run in small batches), under its weights ``source`` (atomically)."""
-    card = {"source": source, "weights_sha256": weights_sha256, "dims": [int(d) for d in dims], "key": key,
-            "input_hw": [int(hw[0]), int(hw[1])], "light": bool(light)}
+               light: bool, tags: list[str]) -> None:
+    """Record a built model's whole-backbone checksum, the layer tag and width of each output block, export key,
+    input (height, width) and whether it is a light network (run in small batches), under its weights ``source``
+    (atomically)."""
+    card = {"source": source, "weights_sha256": weights_sha256, "checksum": CHECKSUM_SCOPE, "tags": list(tags),
+            "dims": [int(d) for d in dims], "key": key, "input_hw": [int(hw[0]), int(hw[1])], "light": bool(light)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(card, indent=1))

@@ -9,13 +9,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import h5py
 import numpy as np
 
 from featurize import store
-from featurize.backbones import build_base, feature_model, get_backbone, layers_tag, resolve_layers, weights_checksum, weights_tag
+from featurize.backbones import (CHECKSUM_SCOPE, build_base, feature_model, get_backbone, layers_tag, legacy_checksums,
+                                 resolve_layers, weights_checksum, weights_tag)
 from featurize.config import engines_dir, features_dir
 from featurize.dataset import Dataset, scan
 from featurize.engines import Forward
@@ -105,7 +106,9 @@ class _Sources:
             self.failed[(str(p), str(s))] = str(r)
 
     def drop_all(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        """Forget every cached row (they came from other weights)."""
+        self.index, self.failed, self.parts = {}, {}, []
+        self.old, self.old_attrs = None, {}
 
     def known(self, key: tuple[str, str]) -> bool:
         return key in self.index or key in self.failed
@@ -134,6 +137,8 @@ class _Target:
         self.src = _Sources()
         self.journal = store.parts_dir(cache)
         self.journal_sha = ""
+        self.journal_scope = ""
+        self.migrated = False
 
     def open(self, log: Log) -> None:
         """Index the old cache and any journal of an interrupted run that match these settings."""
@@ -154,6 +159,7 @@ class _Target:
                 marker = json.loads((self.journal / "settings.json").read_text())
                 if _same(marker, settings, _NO_SHA):
                     self.journal_sha = marker.get("weights_sha256", "")
+                    self.journal_scope = marker.get("weights_sha256_scope", "")
                     parts = store.read_parts(self.journal)
                     for part in parts:
                         self.src.add_part(part)
@@ -166,15 +172,34 @@ class _Target:
     def sha(self) -> str:
         return self.settings.get("weights_sha256") or self.src.old_attrs.get("weights_sha256", "") or self.journal_sha
 
-    def accept_weights(self, sha: str, log: Log) -> None:
-        """Drop cached rows computed with other weights, then journal under ``sha``."""
+    @property
+    def legacy(self) -> bool:
+        """True when rows cached here carry alzmri 0.1.0's checksum of a model cut at a mid layer, which only the TF
+        build can check (see ``backbones.legacy_checksums``). ``last`` caches recorded the whole backbone already."""
+        if self.settings["layers"] == "last":
+            return False
+        old = self.src.old is not None and self.src.old_attrs.get("weights_sha256_scope") != CHECKSUM_SCOPE
+        return old or bool(self.journal_sha and self.journal_scope != CHECKSUM_SCOPE)
+
+    def accept_weights(self, sha: str, log: Log, legacy: frozenset[str] = frozenset()) -> None:
+        """Drop cached rows computed with other weights, then journal under ``sha``.
+
+        Rows whose recorded checksum is in ``legacy`` (what alzmri 0.1.0 recorded for these very weights) are kept,
+        and the cache is rewritten with the whole-backbone checksum."""
         old_sha = self.src.old_attrs.get("weights_sha256") if self.src.old is not None else None
-        if (old_sha is not None and old_sha != sha) or (self.journal_sha and self.journal_sha != sha):
+        stale_old = old_sha is not None and old_sha != sha and old_sha not in legacy
+        stale_journal = bool(self.journal_sha) and self.journal_sha != sha and self.journal_sha not in legacy
+        if stale_old or stale_journal:
             log(f"{self.cache}: cached features came from other weights (checksum differs); recomputing all")
             self.src.drop_all()
             shutil.rmtree(self.journal, ignore_errors=True)
-        self.settings = {**self.settings, "weights_sha256": sha}
-        self.journal = store.open_journal(self.cache, self.settings)
+        elif (old_sha is not None and old_sha != sha) or (self.journal_sha and self.journal_sha != sha):
+            log(f"{self.cache}: recorded the checksum of a truncated model (alzmri 0.1.0); verified the same weights, "
+                "cached rows kept and relabelled with the whole backbone's checksum")
+            self.migrated = True
+        adopt = self.migrated and bool(self.journal_sha)
+        self.settings = {**self.settings, "weights_sha256": sha, "weights_sha256_scope": CHECKSUM_SCOPE}
+        self.journal = store.open_journal(self.cache, self.settings, adopt=adopt)
 
 
 def featurize_dataset(data: str | os.PathLike[str], layers: str = "last", **kwargs: Any) -> FeaturizeResult:
@@ -242,9 +267,11 @@ def featurize_layers(
             st = settings_list[0]
             spec = _ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, (engine or "auto").lower(),
                               batch_size, artifacts, precision, devices)
-            forward, engine_used, sha, dims = _from_card(spec) or _from_tf(spec, log)
-            for t in targets:
-                t.accept_weights(sha, log)
+            # a legacy checksum can only be checked against the TF build, so such a cache skips the card once
+            got = None if any(t.legacy for t in targets) else _from_card(spec)
+            forward, engine_used, sha, dims, legacy = got or _from_tf(spec, log)
+            for t, tag in zip(targets, spec.layer_tags):
+                t.accept_weights(sha, log, legacy.get(tag, frozenset()))
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
             n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
             for t in targets:
@@ -265,11 +292,13 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
     ok_rows = table[[k in src.index for k in keys]]
     if not n_computed:
         rate = float(src.old_attrs.get("featurize_images_per_s", 0.0) or 0.0)
-    changed = n_computed > 0 or src.old is None or bool(src.parts) or _rows_changed(src.old, ok_rows, ds.class_names, failed)
+    changed = n_computed > 0 or t.migrated or src.old is None or bool(src.parts) or _rows_changed(src.old, ok_rows, ds.class_names, failed)
     if changed:
         if not ok:
             raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
-        attrs = {**t.settings, "weights_sha256": t.sha, "class_names": json.dumps(ds.class_names),
+        scope = t.settings.get("weights_sha256_scope") or src.old_attrs.get("weights_sha256_scope")
+        attrs = {**t.settings, "weights_sha256": t.sha, **({"weights_sha256_scope": scope} if scope else {}),
+                 "class_names": json.dumps(ds.class_names),
                  "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
                  "engine": _engines_of(t, n_computed, len(ok)), "featurize_images_per_s": rate, "seed": seed,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
@@ -348,30 +377,42 @@ class _ModelSpec:
     devices: str
 
 
-def _from_card(spec: _ModelSpec) -> tuple[Forward, str, str, list[int]] | None:
-    """(forward, engine, weights checksum, widths) from a model card and its verified export, without TF; else None."""
+class _Model(NamedTuple):
+    """A feature model ready to run: its forward pass, the engine, the whole-backbone weights checksum, the column
+    width of each layer choice, and per layer tag the checksums alzmri 0.1.0 recorded for these weights."""
+
+    forward: Forward
+    engine: str
+    sha: str
+    dims: list[int]
+    legacy: dict[str, frozenset[str]]
+
+
+def _from_card(spec: _ModelSpec) -> _Model | None:
+    """The model from a model card and its verified export, without TF; else None."""
     from featurize import modelcard
 
     if spec.devices == "mirrored":
         return None
-    return modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.engine,
-                                    spec.batch_size)
+    got = modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.engine,
+                                   spec.batch_size)
+    return None if got is None else _Model(*got, legacy={})
 
 
-def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
+def _from_tf(spec: _ModelSpec, log: Log) -> _Model:
     """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
     from featurize import devices, modelcard
     from featurize.engines import engine_key, is_light, make_engine
 
     st = spec.settings
     strategy = devices.make_strategy(spec.devices)
-    model, preprocess, dims = devices.build_feature_model(
+    model, preprocess, dims, sha, legacy = devices.build_feature_model(
         lambda: _build(spec.bb, spec.weights, st, spec.choices, spec.seed), strategy, spec.precision)
-    sha = weights_checksum(model)
+    legacy = dict(zip(spec.layer_tags, legacy))
     if spec.precision != "float32" or devices.replicas(strategy) > 1:
         if spec.engine in ("onnx", "openvino"):
             log(f"engine {spec.engine}: mixed precision and several devices run on TF; using tf")
-        return devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims
+        return _Model(devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims, legacy)
     key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"])
     folder = engines_dir(spec.artifacts)
     forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
@@ -380,12 +421,14 @@ def _from_tf(spec: _ModelSpec, log: Log) -> tuple[Forward, str, str, list[int]]:
         hw = (int(model.input_shape[1]), int(model.input_shape[2]))
         with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else
             modelcard.write_card(modelcard.card_path(folder, st, spec.layer_tags, spec.seed), source, sha, dims, key, hw,
-                                 light=is_light(model))
-    return forward, used, sha, dims
+                                 light=is_light(model), tags=spec.layer_tags)
+    return _Model(forward, used, sha, dims, legacy)
 
 
-def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], seed: int) -> tuple[Any, Any, list[int]]:
-    """One model for every layer choice: outputs concatenated, with the column width of each choice."""
+def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str],
+           seed: int) -> tuple[Any, Any, list[int], str, list[frozenset[str]]]:
+    """One model for every layer choice: outputs concatenated, with the column width of each choice, the whole
+    backbone's weights checksum, and per choice the legacy checksums that identify the same weights."""
     from featurize.tfquiet import import_tensorflow
 
     import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
@@ -396,10 +439,12 @@ def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str], 
     heads = [feature_model(base, resolve_layers(bb, c), settings["pooling"], prefix=f"c{i}_" if i else "")
              for i, c in enumerate(choices)]
     dims = [int(m.output.shape[-1]) for m in heads]
+    sha = weights_checksum(base)
+    legacy = [frozenset(legacy_checksums(base, covering=len(m.weights))) for m in heads]
     if len(heads) == 1:
-        return heads[0], bb.preprocess_fn(), dims
+        return heads[0], bb.preprocess_fn(), dims, sha, legacy
     outs = keras.layers.Concatenate(name="all_choices")([m.output for m in heads])
-    return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims
+    return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims, sha, legacy
 
 
 def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,

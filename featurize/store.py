@@ -207,11 +207,15 @@ def parts_dir(cache: Path) -> Path:
     return cache.with_name(cache.name + ".parts")
 
 
-def open_journal(cache: Path, settings: dict[str, Any]) -> Path:
-    """Create (or validate) the journal folder; a journal made with other settings is discarded."""
+def open_journal(cache: Path, settings: dict[str, Any], *, adopt: bool = False) -> Path:
+    """Create (or validate) the journal folder; a journal made with other settings is discarded, unless ``adopt``
+    (its rows were verified to match these settings), which relabels it instead."""
     d = parts_dir(cache)
     marker = d / "settings.json"
     wanted = identity(settings)
+    if adopt and d.is_dir():
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps(wanted, sort_keys=True))
     if d.is_dir():
         try:
             same = json.loads(marker.read_text()) == wanted

@@ -73,7 +73,7 @@ def test_weights_source_follows_the_keras_cache(tmp_path: Path, monkeypatch: pyt
     first = modelcard.weights_source("mobilenetv2", "imagenet", 0)
     assert first is not None and first == modelcard.weights_source("mobilenetv2", "imagenet", 0)
     card = tmp_path / "c.card.json"
-    modelcard.write_card(card, first, "ab" * 32, [1280], "key", (224, 224), light=True)
+    modelcard.write_card(card, first, "ab" * 32, [1280], "key", (224, 224), light=True, tags=["last"])
     assert modelcard.read_card(card, first)["dims"] == [1280]
     weights.write_bytes(b"2" * 11)  # other weights downloaded in place
     second = modelcard.weights_source("mobilenetv2", "imagenet", 0)
