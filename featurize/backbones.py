@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from featurize.errors import AlzmriError, WeightsError
+from featurize.options import choose
 
 POOLINGS = ("avg", "max")
 
@@ -58,10 +59,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in _REGISTRY}
 
 def get_backbone(name: str) -> Backbone:
     """Look a backbone up by name; an unknown name lists the valid ones."""
-    try:
-        return BACKBONES[name.lower()]
-    except KeyError:
-        raise AlzmriError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+    return BACKBONES[choose("backbone", name, BACKBONES)]
 
 
 def resolve_layers(backbone: Backbone, layers: str) -> list[str]:
@@ -172,8 +170,7 @@ def feature_model(base: Any, layers: list[str], pooling: str, prefix: str = "") 
     """
     import keras
 
-    if pooling not in POOLINGS:
-        raise AlzmriError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    pooling = choose("pooling", pooling, POOLINGS)
     pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
     names = layers or ["last"]
     outs = []

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from featurize.errors import AlzmriError
+from featurize.options import choose
 
 PRECISIONS = ("float32", "mixed")
 DEVICE_MODES = ("auto", "one", "mirrored")
@@ -37,9 +38,7 @@ def policy_name(precision: str) -> str:
     A policy name (as recorded in a cache or bundle) is returned as it is, so a model can be rebuilt exactly."""
     if precision in POLICIES:
         return precision
-    if precision not in PRECISIONS:
-        raise AlzmriError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "float32":
+    if choose("precision", precision, PRECISIONS) == "float32":
         return "float32"
     # float16 on CPUs is emulated and slow; Keras advises bfloat16 there.
     return "mixed_float16" if _gpus() else "mixed_bfloat16"
@@ -70,8 +69,7 @@ def make_strategy(devices: str = "auto") -> Any:
     there are at least two, else the default. ``mirrored``: mirrored over all GPUs, or over all logical CPU devices
     when there is no GPU (one replica per logical CPU; this is how the tests exercise the multi-GPU path).
     """
-    if devices not in DEVICE_MODES:
-        raise AlzmriError(f"unknown devices mode {devices!r}; choose one of: {', '.join(DEVICE_MODES)}")
+    devices = choose("devices mode", devices, DEVICE_MODES)
     tf = _tf()
     gpus = _gpus()
     if devices == "one" or (devices == "auto" and len(gpus) < 2):

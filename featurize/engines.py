@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from featurize.options import choose
 from featurize.pipeline import cpu_threads
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -104,11 +105,7 @@ def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, e
     """
     from featurize.pipeline import make_forward
 
-    engine = (engine or "auto").lower()
-    if engine not in ENGINES:
-        from featurize.errors import AlzmriError
-
-        raise AlzmriError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    engine = choose("engine", engine or "auto", ENGINES)
 
     def tf_engine() -> tuple[Forward, str]:
         return make_forward(model, preprocess, batch_size), "tf"

@@ -22,6 +22,7 @@ from featurize.dataset import Dataset, scan
 from featurize.engines import Forward
 from featurize.errors import AlzmriError, CacheError
 from featurize.images import RESIZE_MODES, parse_size
+from featurize.options import at_least, choose
 from featurize.progress import progress_bar
 
 Log = Callable[[str], None]
@@ -50,8 +51,7 @@ def settings_for(backbone: str, weights: str, image_size: str | None, pooling: s
     ``precision="mixed"`` adds the Keras policy it means here (``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a
     CPU), which imports TF; float32 does not appear, so float32 caches keep their names."""
     bb = get_backbone(backbone)
-    if resize not in RESIZE_MODES:
-        raise AlzmriError(f"unknown resize mode {resize!r}; choose one of: {', '.join(RESIZE_MODES)}")
+    resize = choose("resize mode", resize, RESIZE_MODES)
     try:
         size = parse_size(image_size) if image_size else (bb.input_size, bb.input_size)
     except ValueError as exc:
@@ -236,16 +236,13 @@ def featurize_layers(
     is ``auto|tf|onnx|openvino``; ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) are the
     TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
     """
-    if batch_size < 1:
-        raise AlzmriError("--batch-size must be at least 1")
     from featurize.devices import DEVICE_MODES, PRECISIONS
     from featurize.engines import ENGINES
 
     # before the scan: a typo should not cost a pass over the files
-    for name, value, valid in (("engine", (engine or "auto").lower(), ENGINES), ("precision", precision, PRECISIONS),
-                               ("devices", devices, DEVICE_MODES)):
-        if value not in valid:
-            raise AlzmriError(f"unknown {name} {value!r}; choose one of: {', '.join(valid)}")
+    batch_size = at_least("--batch-size", batch_size, 1)
+    engine = choose("engine", engine or "auto", ENGINES)
+    precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
     settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c, precision) for c in choices]
     bb = get_backbone(backbone)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.errors import DataError
+from featurize.options import choose
 
 CLASS_NAMES: tuple[str, ...] = ("NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented")
 # Kaggle's file stems ("nonDem12.jpg"); they name the class, never the subject.
@@ -475,10 +476,8 @@ def write_dataset(out: str | Path, subjects_per_class: int = 6, slices_per_subje
     w, h = _check_size(size)
     fmt = str(fmt).lower().lstrip(".")
     fmt = "jpg" if fmt == "jpeg" else fmt
-    if fmt not in FORMATS:
-        raise DataError(f"unknown image format {fmt!r}; choose png or jpg")
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose slice (Kaggle-like, leaky) or subject")
+    fmt = choose("image format", fmt, FORMATS, error=DataError)
+    split = choose("split", split, SPLITS, error=DataError)
     try:
         test_fraction = float(test_fraction)
     except (TypeError, ValueError):
