@@ -130,7 +130,7 @@ def legacy_checksums(base: Any, *, covering: int) -> set[str]:
     return out
 
 
-def build_base(backbone: Backbone, weights: str, size: tuple[int, int], seed: int = 0) -> Any:
+def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed: int = 0) -> Any:
     """Build the headless Keras model at ``size`` = (width, height) with the chosen weights.
 
     ``none`` gives a seeded random init so that ``predict`` can rebuild the very same network.

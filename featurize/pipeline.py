@@ -14,7 +14,7 @@ import numpy as np
 from featurize.images import ImageError, load_rgb
 
 
-def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int,
+def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int, *,
                   threads: int | None = None, ahead: int = 2,
                   low_priority: bool = True) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Batches of (uint8 images [B,H,W,3], error strings [B]) in input order, decoded in parallel ahead of the consumer.

@@ -202,7 +202,7 @@ class _Target:
         self.journal = store.open_journal(self.cache, self.settings, adopt=adopt)
 
 
-def featurize_dataset(data: str | os.PathLike[str], layers: str = "last", **kwargs: Any) -> FeaturizeResult:
+def featurize_dataset(data: str | os.PathLike[str], *, layers: str = "last", **kwargs: Any) -> FeaturizeResult:
     """Featurize ``data`` with a frozen backbone into the HDF5 cache, computing only what is not cached yet.
 
     Keyword arguments are those of ``featurize_layers``.
@@ -212,6 +212,7 @@ def featurize_dataset(data: str | os.PathLike[str], layers: str = "last", **kwar
 
 def featurize_layers(
     data: str | os.PathLike[str],
+    *,
     backbone: str = "mobilenetv2",
     weights: str = "imagenet",
     image_size: str | None = None,

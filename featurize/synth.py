@@ -50,7 +50,7 @@ def _single_thread_blas() -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def generate_arrays(subjects_per_class: int = 6, slices_per_subject: int = 8, size: tuple[int, int] = DEFAULT_SIZE,
+def generate_arrays(subjects_per_class: int = 6, slices_per_subject: int = 8, size: tuple[int, int] = DEFAULT_SIZE, *,
                     seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     """Images uint8 (N, H, W) and a table with columns label, subject, slice (one row per image, subject-major).
 
@@ -115,7 +115,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)  # readers never see a half-written marker
 
 
-def write_dataset(out: str | Path, subjects_per_class: int = 6, slices_per_subject: int = 8,
+def write_dataset(out: str | Path, *, subjects_per_class: int = 6, slices_per_subject: int = 8,
                   size: tuple[int, int] = DEFAULT_SIZE, fmt: str = "png", split: str = "slice",
                   test_fraction: float = 0.25, seed: int = 0) -> pd.DataFrame:
     """Write ``OUT/{train,test}/<Class>/<prefix><n>.<fmt>`` plus ``subjects_truth.csv`` and return the truth table.

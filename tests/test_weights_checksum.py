@@ -37,7 +37,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from featurize.synth import write_dataset
 
     root = tmp_path_factory.mktemp("synth")
-    truth = write_dataset(root, 4, 4, (88, 104), "png", "subject", seed=0)
+    truth = write_dataset(root, subjects_per_class=4, slices_per_subject=4, size=(88, 104), split="subject", seed=0)
     path = root / "manifest.csv"
     truth[["path", "label", "split", "subject"]].to_csv(path, index=False)
     return path
