@@ -135,7 +135,7 @@ def report(
     """Print report.csv sorted by balanced accuracy, and redraw the plots."""
     from classify.run import report_command
 
-    out.print(_run(lambda: report_command(artifacts, fmt)), highlight=False, markup=False)
+    out.print(_run(lambda: report_command(artifacts, fmt=fmt)), highlight=False, markup=False)
 
 
 @app.command()
@@ -195,7 +195,7 @@ def sweep(
 
     task_list = split(tasks, ";") if ";" in tasks or "=" in tasks else split(tasks)
     layer_list = split(layers, ";") if ";" in layers else split(layers)
-    results = _run(lambda: run_sweep(data, split(backbones), layer_list, split(heads), task_list, weights=weights,
+    results = _run(lambda: run_sweep(data, backbones=split(backbones), layers=layer_list, heads=split(heads), tasks=task_list, weights=weights,
                                      image_size=image_size, criterion=criterion, artifacts=artifacts, n_jobs=n_jobs,
                                      seed=seed, progress=not no_progress, log=_say))
     for res in results:

@@ -69,5 +69,5 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, backbone: str = "m
     train_baseline(data, model="scratch", epochs=baseline_epochs, protocol="official", subjects="auto",
                    artifacts=art, progress=progress, log=log)
     log("[5/5] report (also in report.csv, with plots)")
-    table = report_command(art, "table")
+    table = report_command(art, fmt="table")
     return DemoResult(data=data, weights="imagenet" if weights == "imagenet" else "random-init", table=table, report=report_path(art))
