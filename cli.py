@@ -160,7 +160,7 @@ def baseline(
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
     _quiet_tf()
-    from classify.baseline import train_baseline
+    from classify.cnn import train_baseline
 
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,

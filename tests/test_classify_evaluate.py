@@ -120,12 +120,12 @@ def test_nan_features_name_the_rows() -> None:
 def test_test_class_absent_from_train_is_a_clear_error() -> None:
     fs = synthetic(split=True)
     fs.split[(fs.y == 3)] = "test"
-    with pytest.raises(AlzmriError, match="ModerateDemented with no training rows"):
+    with pytest.raises(DataError, match="ModerateDemented with no training rows"):
         evaluate(fs, "logreg", protocol="official", n_jobs=1)
 
 
 def test_subject_cv_without_subjects_points_to_alzmri_subjects() -> None:
-    with pytest.raises(AlzmriError, match="alzmri subjects"):
+    with pytest.raises(DataError, match="alzmri subjects"):
         evaluate(synthetic(with_subjects=False), "logreg", protocol="subject-cv", n_jobs=1)
     res = evaluate(synthetic(with_subjects=False), "logreg", protocol="slice-cv", n_jobs=1)
     assert res.leakage is None and "subject_accuracy" not in res.metrics
