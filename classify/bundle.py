@@ -93,7 +93,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
 
-def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str = "last", task: str = "stages",
+def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: str = "last", task: str = "stages",
                 protocol: str = "official", features: str = "") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
     parts = [_slug(backbone), _slug(head)]
@@ -106,11 +106,12 @@ def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str
     return "__".join(parts) + ".joblib"
 
 
-def bundle_path(dataset_id: str, backbone: str, head: str, artifacts: str | os.PathLike[str] | None = None,
+def bundle_path(dataset_id: str, backbone: str, head: str, *, artifacts: str | os.PathLike[str] | None = None,
                 weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official",
                 features: str = "") -> Path:
     """Where the bundle of (dataset, backbone, head, ...) lives."""
-    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights, layers, task, protocol, features)
+    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights=weights, layers=layers, task=task,
+                                                             protocol=protocol, features=features)
 
 
 def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
@@ -120,8 +121,8 @@ def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
 
     m = fs.meta
     ds_id = str(m.get("dataset_id", ""))
-    path = bundle_path(ds_id, str(m.get("backbone")), res.head, artifacts, str(m.get("weights")), str(m.get("layers")),
-                       task, res.protocol, variant_tag(m))
+    path = bundle_path(ds_id, str(m.get("backbone")), res.head, artifacts=artifacts, weights=str(m.get("weights")),
+                       layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m))
     bundle = ModelBundle(
         pipeline=res.model, class_names=list(fs.class_names), backbone={k: m.get(k) for k in BACKBONE_KEYS},
         fingerprint=str(m.get("fingerprint", "")), head=res.head, protocol=res.protocol, selection=selection,

@@ -188,7 +188,9 @@ def test_corrupt_files_skipped_and_listed_with_holdout_when_no_split(tmp_path: P
     write_images(flat, "folders", n_per_class=6)
     (flat / "NonDemented" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (flat / "MildDemented" / "empty.png").write_bytes(b"")
-    res = _train(flat, model="scratch")
+    cfg = BaselineConfig(weights="none", image_size="32x32", epochs=3, subjects="none", batch_size=4)
+    res = train_baseline(flat, cfg, progress=False, epochs=1)  # options given beside a config override it
+    assert res.epochs_run == 1
     failed = dict(res.failed)
     assert set(failed) == {"NonDemented/broken.png", "MildDemented/empty.png"}
     assert "zero-byte" in failed["MildDemented/empty.png"]
@@ -234,3 +236,24 @@ def test_bad_arguments_fail_with_one_line(kaggle_root: Path, artifacts: Path, tm
         train_baseline(kaggle_root, model="finetune", weights=str(tmp_path / "nope.h5"))
     with pytest.raises(AlzmriError, match="unknown backbone"):
         train_baseline(kaggle_root, model="finetune", backbone="alexnet")
+
+
+def test_config_is_frozen_keyword_only_and_names_no_missing_flags() -> None:
+    import dataclasses
+
+    cfg = BaselineConfig(model="Fine-Tune", epochs=6)
+    assert cfg.kind == "finetune" and cfg.size == (160, 192)
+    assert (cfg.schedule.epochs, cfg.schedule.min_epochs, cfg.n_head_epochs) == (6, 0, 4)
+    assert BaselineConfig().schedule.epochs == 30 and BaselineConfig().schedule.min_epochs == 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        BaselineConfig("scratch")  # type: ignore[misc]
+    # the CLI has no --folds or --head-epochs: the messages name the library options
+    with pytest.raises(AlzmriError, match=r"^folds must be at least 2, not 1$"):
+        BaselineConfig(folds=1)
+    with pytest.raises(AlzmriError, match=r"^head_epochs must be at least 1, not 0$"):
+        BaselineConfig(head_epochs=0)
+    with pytest.raises(AlzmriError, match="too small for the scratch CNN"):
+        BaselineConfig(image_size="16x16")
+
