@@ -6,7 +6,14 @@ lives in ``classify.cnn``.
 
 from __future__ import annotations
 
-from classify.cnn.predict import load_baseline, predict_files
-from classify.cnn.run import BaselineConfig, BaselineResult, train_baseline
+from typing import Any
 
 __all__ = ["BaselineConfig", "BaselineResult", "load_baseline", "predict_files", "train_baseline"]
+
+
+def __getattr__(name: str) -> Any:
+    import classify.cnn
+
+    if name not in __all__:
+        raise AttributeError(f"module 'classify.baseline' has no attribute {name!r}")
+    return getattr(classify.cnn, name)

@@ -257,3 +257,15 @@ def test_config_is_frozen_keyword_only_and_names_no_missing_flags() -> None:
     with pytest.raises(AlzmriError, match="too small for the scratch CNN"):
         BaselineConfig(image_size="16x16")
 
+
+
+def test_importing_the_cnn_package_and_its_predict_path_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, classify.baseline, classify.cnn; from classify.cnn import load_baseline, predict_files; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'classify.cnn.run') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"  # TF and Keras load with the model, scikit-learn and training code never

@@ -32,12 +32,14 @@ from classify.options import at_least, choose
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
 from featurize.backbones import Backbone, get_backbone, weights_tag
 from featurize.config import dataset_dir, models_dir, report_path
-from featurize.dataset import Dataset
 from featurize.errors import AlzmriError, DataError
 from featurize.images import RESIZE_MODES, parse_size
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from classify.cnn.train import FitOutcome
+    from featurize.dataset import Dataset
 
 SELECTION = "early stopping on validation balanced_accuracy"
 
@@ -277,7 +279,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
               "files": digest(sorted(zip(prep.table["path"], prep.table["sha1"])))}
     cv = cfg.protocol != "official"
 
-    def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> Any:
+    def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> FitOutcome:
         return fit_network(spec, sch, img, train_idx=train_idx, ckpt_dir=ckroot / where if where else ckroot,
                            run_settings={**common, "run": run}, label=label, log=log, progress=progress,
                            callbacks=callbacks)
@@ -382,7 +384,7 @@ def _versions() -> dict[str, str]:
     return {"tf_version": tf.__version__, "keras_version": keras.__version__, "alzmri_version": __version__}
 
 
-def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: Any, *, dataset_id: str,
+def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutcome, *, dataset_id: str,
                    class_names: list[str], split_note: str) -> None:
     from featurize.atomic import write_bytes_durably
 
@@ -406,7 +408,7 @@ def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: Any, *, 
     write_bytes_durably(path, json.dumps(sidecar, indent=1, default=float).encode())
 
 
-def _draw_curves(fit: Any, cfg: BaselineConfig, spec: NetSpec, *, dataset_id: str,
+def _draw_curves(fit: FitOutcome, cfg: BaselineConfig, spec: NetSpec, *, dataset_id: str,
                  artifacts: str | os.PathLike[str] | None, log: Log) -> Path | None:
     from classify.curves import plot_training_curves
 
