@@ -195,9 +195,9 @@ def sweep(
 
     task_list = split(tasks, ";") if ";" in tasks or "=" in tasks else split(tasks)
     layer_list = split(layers, ";") if ";" in layers else split(layers)
-    results = _run(lambda: run_sweep(data, backbones=split(backbones), layers=layer_list, heads=split(heads), tasks=task_list, weights=weights,
-                                     image_size=image_size, criterion=criterion, artifacts=artifacts, n_jobs=n_jobs,
-                                     seed=seed, progress=not no_progress, log=_say))
+    results = _run(lambda: run_sweep(data, backbones=split(backbones), layers=layer_list, heads=split(heads),
+                                     tasks=task_list, weights=weights, image_size=image_size, criterion=criterion,
+                                     artifacts=artifacts, n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 

@@ -6,7 +6,11 @@ lives in ``classify.cnn``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classify.cnn.predict import load_baseline, predict_files
+    from classify.cnn.run import BaselineConfig, BaselineResult, train_baseline
 
 __all__ = ["BaselineConfig", "BaselineResult", "load_baseline", "predict_files", "train_baseline"]
 

@@ -17,12 +17,16 @@ They share the heads' protocols (``classify.protocols``), metrics (``classify.me
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from classify.cnn.predict import load_baseline, predict_files
+    from classify.cnn.run import BaselineConfig, BaselineResult, train_baseline
 
 # Names resolve on first use, so that predicting with a saved model imports neither training code nor scikit-learn.
 _WHERE = {"BaselineConfig": "run", "BaselineResult": "run", "train_baseline": "run", "load_baseline": "predict",
           "predict_files": "predict"}
-__all__ = sorted(_WHERE)
+__all__ = ["BaselineConfig", "BaselineResult", "load_baseline", "predict_files", "train_baseline"]
 
 
 def __getattr__(name: str) -> Any:
