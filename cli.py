@@ -135,7 +135,7 @@ def report(
     """Print report.csv sorted by balanced accuracy, and redraw the plots."""
     from classify.run import report_command
 
-    out.print(_run(lambda: report_command(artifacts, fmt)), highlight=False, markup=False)
+    out.print(_run(lambda: report_command(artifacts, fmt=fmt)), highlight=False, markup=False)
 
 
 @app.command()
@@ -160,7 +160,7 @@ def baseline(
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
     _quiet_tf()
-    from classify.baseline import train_baseline
+    from classify.cnn import train_baseline
 
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
@@ -195,9 +195,9 @@ def sweep(
 
     task_list = split(tasks, ";") if ";" in tasks or "=" in tasks else split(tasks)
     layer_list = split(layers, ";") if ";" in layers else split(layers)
-    results = _run(lambda: run_sweep(data, split(backbones), layer_list, split(heads), task_list, weights=weights,
-                                     image_size=image_size, criterion=criterion, artifacts=artifacts, n_jobs=n_jobs,
-                                     seed=seed, progress=not no_progress, log=_say))
+    results = _run(lambda: run_sweep(data, backbones=split(backbones), layers=layer_list, heads=split(heads),
+                                     tasks=task_list, weights=weights, image_size=image_size, criterion=criterion,
+                                     artifacts=artifacts, n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 

@@ -23,7 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
@@ -31,6 +31,10 @@ import numpy as np
 from featurize.atomic import write_bytes_durably
 from featurize.config import models_dir
 from featurize.errors import AlzmriError
+
+if TYPE_CHECKING:
+    from classify.evaluate import EvalResult
+    from featurize.featureset import FeatureSet
 
 KEY_ENV = "ALZMRI_KEY_FILE"
 BUNDLE_FORMAT = 1
@@ -89,7 +93,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
 
-def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str = "last", task: str = "stages",
+def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: str = "last", task: str = "stages",
                 protocol: str = "official", features: str = "") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
     parts = [_slug(backbone), _slug(head)]
@@ -102,11 +106,29 @@ def bundle_name(backbone: str, head: str, weights: str = "imagenet", layers: str
     return "__".join(parts) + ".joblib"
 
 
-def bundle_path(dataset_id: str, backbone: str, head: str, artifacts: str | os.PathLike[str] | None = None,
+def bundle_path(dataset_id: str, backbone: str, head: str, *, artifacts: str | os.PathLike[str] | None = None,
                 weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official",
                 features: str = "") -> Path:
     """Where the bundle of (dataset, backbone, head, ...) lives."""
-    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights, layers, task, protocol, features)
+    return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights=weights, layers=layers, task=task,
+                                                             protocol=protocol, features=features)
+
+
+def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
+               artifacts: str | os.PathLike[str] | None = None) -> tuple[Path, ModelBundle]:
+    """The bundle of head ``res`` evaluated on cache ``fs`` (``fs.meta["dataset_id"]`` set), and where it goes."""
+    from featurize.store import variant_tag
+
+    m = fs.meta
+    ds_id = str(m.get("dataset_id", ""))
+    path = bundle_path(ds_id, str(m.get("backbone")), res.head, artifacts=artifacts, weights=str(m.get("weights")),
+                       layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m))
+    bundle = ModelBundle(
+        pipeline=res.model, class_names=list(fs.class_names), backbone={k: m.get(k) for k in BACKBONE_KEYS},
+        fingerprint=str(m.get("fingerprint", "")), head=res.head, protocol=res.protocol, selection=selection,
+        task=task, best_params=res.best_params,
+        metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and np.isfinite(v)}, dataset_id=ds_id)
+    return path, bundle
 
 
 def list_bundles(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -39,13 +39,13 @@ def pick_weights(backbone: str, weights: str, log: Log) -> str:
     return "imagenet"
 
 
-def run_demo(artifacts: str | os.PathLike[str] | None = None, backbone: str = "mobilenetv2", weights: str = "imagenet",
+def run_demo(artifacts: str | os.PathLike[str] | None = None, *, backbone: str = "mobilenetv2", weights: str = "imagenet",
              subjects_per_class: int = 8, slices_per_subject: int = 8, baseline_epochs: int = 4,
              permutation: int = 10, image_size: str | None = None, progress: bool = True,
              log: Log = lambda s: None) -> DemoResult:
     """Generate the demo data, featurize, train all heads under the official and subject-cv protocols,
     train a short scratch CNN, and return the report table."""
-    from classify.baseline import train_baseline
+    from classify.cnn import train_baseline
     from classify.run import classify_dataset, report_command
     from featurize.config import report_path
     from featurize.run import featurize_dataset
@@ -69,5 +69,5 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, backbone: str = "m
     train_baseline(data, model="scratch", epochs=baseline_epochs, protocol="official", subjects="auto",
                    artifacts=art, progress=progress, log=log)
     log("[5/5] report (also in report.csv, with plots)")
-    table = report_command(art, "table")
+    table = report_command(art, fmt="table")
     return DemoResult(data=data, weights="imagenet" if weights == "imagenet" else "random-init", table=table, report=report_path(art))

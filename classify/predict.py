@@ -133,11 +133,11 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
     files = expand_inputs(inputs)
     path = Path(model).expanduser()
     if path.suffix == ".keras":
-        from classify.baseline import load_baseline, predict_files
+        from classify.cnn import load_baseline, predict_files
 
         _, meta = load_baseline(path)
         class_names = list(meta["class_names"])
-        probs, errors = predict_files(path, files, batch_size)
+        probs, errors = predict_files(path, files, batch_size=batch_size)
     elif path.suffix == ".joblib":
         from classify.bundle import load_bundle
 

@@ -15,14 +15,19 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from featurize.atomic import atomic_path
 from featurize.errors import AlzmriError
+
+if TYPE_CHECKING:
+    from classify.evaluate import EvalResult
+    from featurize.featureset import FeatureSet
 
 KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol")
 COLUMNS = KEY + (
@@ -111,6 +116,67 @@ def upsert_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> pd.
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
     return df
+
+
+# ------------------------------------------------------------------ rows
+
+def _fmt_spc(spc: Mapping[str, int] | None) -> str:
+    return "" if not spc else ";".join(f"{c}:{k}" for c, k in spc.items())
+
+
+def make_row(*, dataset: str, backbone: str, weights: str, layers: str, features: str, task: str, head: str,
+             protocol: str, n_train: int, n_test: int, metrics: Mapping[str, float], std: Mapping[str, float],
+             n_splits: int, subjects_per_class: Mapping[str, int] | None, leakage: int | None,
+             best_params: Mapping[str, Any], selection: str, fit_seconds: float, predict_seconds: float,
+             class_names: Sequence[str], confusion: Any, subject_confusion: Any | None, fingerprint: str,
+             model_path: str | os.PathLike[str] | None, pca: int | None = None,
+             chance_balanced_accuracy: float | None = None, permutation_p: float | None = None,
+             featurize_images_per_s: float | None = None, epochs: float | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The report.csv row of one evaluation, for heads and end-to-end CNNs alike (one schema, see COLUMNS).
+
+    Metric means come in ``metrics``, across-fold spreads in ``std`` (stored as ``<metric>_std``; per-class
+    precision/recall spreads are left out). ``extra`` columns follow ``created`` (the CNNs add ``image_size``).
+    """
+    row: dict[str, Any] = {
+        "dataset": dataset, "backbone": backbone, "weights": weights, "layers": layers, "features": features,
+        "task": task, "head": head, "protocol": protocol, "n_train": n_train, "n_test": n_test,
+    }
+    row.update(metrics)
+    # per-class spreads would double the width for little
+    row.update({f"{k}_std": v for k, v in std.items() if not k.startswith(("precision_", "recall_"))})
+    row.update({
+        "n_splits": n_splits, "subjects_per_class": _fmt_spc(subjects_per_class), "leakage": leakage,
+        "chance_balanced_accuracy": chance_balanced_accuracy, "permutation_p": permutation_p,
+        "best_params": json.dumps(best_params, default=str, sort_keys=True), "selection": selection,
+        "pca": pca, "fit_seconds": round(fit_seconds, 3), "predict_seconds": round(predict_seconds, 4),
+        "featurize_images_per_s": featurize_images_per_s, "epochs": epochs,
+        "class_names": json.dumps(list(class_names)), "confusion": json.dumps(np.asarray(confusion).tolist()),
+        "subject_confusion": "" if subject_confusion is None else json.dumps(np.asarray(subject_confusion).tolist()),
+        "fingerprint": fingerprint, "model_path": str(model_path or ""),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    row.update(extra)
+    return row
+
+
+def head_row(fs: FeatureSet, res: EvalResult, *, task: str, model_path: str | os.PathLike[str] | None,
+             selection: str | None = None) -> dict[str, Any]:
+    """``make_row`` for a head evaluated on a feature cache (``selection`` defaults to the grid-search score)."""
+    from classify.evaluate import SELECTION
+    from featurize.store import variant_tag
+
+    m = fs.meta
+    return make_row(
+        dataset=m.get("dataset_id", ""), backbone=m.get("backbone", ""), weights=m.get("weights", ""),
+        layers=m.get("layers", ""), features=variant_tag(m), task=task, head=res.head, protocol=res.protocol,
+        n_train=res.n_train, n_test=res.n_test, metrics=res.metrics, std=res.std, n_splits=res.n_splits,
+        subjects_per_class=res.subjects_per_class, leakage=res.leakage, best_params=res.best_params,
+        selection=selection or SELECTION, fit_seconds=res.fit_seconds, predict_seconds=res.predict_seconds,
+        class_names=res.class_names, confusion=res.confusion, subject_confusion=res.subject_confusion,
+        fingerprint=m.get("fingerprint", ""), model_path=model_path, pca=res.pca,
+        chance_balanced_accuracy=res.chance_balanced_accuracy, permutation_p=res.permutation_p,
+        featurize_images_per_s=m.get("featurize_images_per_s"))
 
 
 # ------------------------------------------------------------------ formatting

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
-from classify.bundle import BACKBONE_KEYS, ModelBundle, bundle_path, save_bundle
-from classify.evaluate import PROTOCOLS, SELECTION, EvalResult, evaluate
+from classify.bundle import bundle_for, save_bundle
+from classify.evaluate import SELECTION, evaluate
 from classify.heads import head_names
+from classify.options import at_least
 from classify.plots import confusion_from_row, confusion_name, summary_png
-from classify.report import format_report, read_report, upsert_rows
+from classify.protocols import check_protocol
+from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
 from featurize.config import dataset_dir, features_dir, report_path
 from featurize.errors import AlzmriError, CacheError
-from featurize.featureset import FeatureSet
-from featurize.store import variant_tag
 
 Log = Callable[[str], None]
 
@@ -38,7 +34,7 @@ def plots_dir(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) 
     return dataset_dir(dataset_id, artifacts) / "plots"
 
 
-def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
+def select_caches(data_root: str | os.PathLike[str], backbone: str = "all", *,
                   artifacts: str | os.PathLike[str] | None = None, layers: str = "all") -> list[Path]:
     """The complete caches of ``data_root`` for ``backbone`` ("all", a name, or "a,b").
 
@@ -77,38 +73,7 @@ def select_caches(data_root: str | os.PathLike[str], backbone: str = "all",
     return sorted(p for p, _ in chosen)
 
 
-def _fmt_spc(spc: dict[str, int] | None) -> str:
-    return "" if not spc else ";".join(f"{c}:{k}" for c, k in spc.items())
-
-
-def report_row(fs: FeatureSet, res: EvalResult, task: str, model_path: Path | None) -> dict[str, Any]:
-    """The report.csv row of one evaluation."""
-    m = fs.meta
-    row: dict[str, Any] = {
-        "dataset": m.get("dataset_id", ""), "backbone": m.get("backbone", ""), "weights": m.get("weights", ""),
-        "layers": m.get("layers", ""), "features": variant_tag(m), "task": task, "head": res.head, "protocol": res.protocol,
-        "n_train": res.n_train, "n_test": res.n_test,
-    }
-    for k, v in res.metrics.items():
-        row[k] = v
-    for k, v in res.std.items():
-        if not k.startswith(("precision_", "recall_")):  # per-class spreads would double the width for little
-            row[f"{k}_std"] = v
-    row.update({
-        "n_splits": res.n_splits, "subjects_per_class": _fmt_spc(res.subjects_per_class), "leakage": res.leakage,
-        "chance_balanced_accuracy": res.chance_balanced_accuracy, "permutation_p": res.permutation_p,
-        "best_params": json.dumps(res.best_params, default=str, sort_keys=True), "selection": SELECTION,
-        "pca": res.pca, "fit_seconds": round(res.fit_seconds, 3), "predict_seconds": round(res.predict_seconds, 4),
-        "featurize_images_per_s": m.get("featurize_images_per_s"), "epochs": None,
-        "class_names": json.dumps(res.class_names), "confusion": json.dumps(np.asarray(res.confusion).tolist()),
-        "subject_confusion": "" if res.subject_confusion is None else json.dumps(np.asarray(res.subject_confusion).tolist()),
-        "fingerprint": m.get("fingerprint", ""), "model_path": str(model_path or ""),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    return row
-
-
-def regenerate_summary(artifacts: str | os.PathLike[str] | None = None, dataset: str | None = None) -> list[Path]:
+def regenerate_summary(artifacts: str | os.PathLike[str] | None = None, *, dataset: str | None = None) -> list[Path]:
     """Redraw ``artifacts/<dataset-id>/plots/summary.png`` for ``dataset`` (or every dataset in the report)."""
     df = read_report(report_path(artifacts))
     out = []
@@ -121,7 +86,7 @@ def regenerate_summary(artifacts: str | os.PathLike[str] | None = None, dataset:
     return out
 
 
-def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
+def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all",
                      heads: list[str] | tuple[str, ...] | str = ("logreg", "svm", "mlp"), protocol: str = "official",
                      artifacts: str | os.PathLike[str] | None = None, permutation: int = 0, n_jobs: int = 2,
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
@@ -140,13 +105,10 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
     from featurize.store import load
 
     log = log or _stderr_log()
-    if protocol not in PROTOCOLS:
-        raise AlzmriError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    check_protocol(protocol)
     names = head_names(heads)
-    if n_jobs < 1:
-        raise AlzmriError(f"--n-jobs must be at least 1 (got {n_jobs})")
-    if permutation < 0:
-        raise AlzmriError(f"--permutation must be 0 or more (got {permutation})")
+    at_least("--n-jobs", n_jobs, 1)
+    at_least("--permutation", permutation, 0)
     said: list[str] = []
 
     def warn(msg: str) -> None:
@@ -154,7 +116,7 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
             said.append(msg)
             log(msg)
 
-    caches = select_caches(data_root, backbone, artifacts, layers)
+    caches = select_caches(data_root, backbone, artifacts=artifacts, layers=layers)
     ds_id = dataset_id(data_root)
     rows: list[dict[str, Any]] = []
     bundles: list[Path] = []
@@ -168,19 +130,12 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
                 raise AlzmriError(f"{cache}: --by-subject needs the subject of every slice; run `alzmri subjects --data "
                                   f"{data_root}` or featurize with `--subjects auto`")
             for head in names:
-                res = evaluate(fs, head, protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed)
+                res = evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed)
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
-                path = bundle_path(ds_id, str(fs.meta.get("backbone")), head, artifacts, str(fs.meta.get("weights")),
-                                   str(fs.meta.get("layers")), task_name, protocol, variant_tag(fs.meta))
-                bundle = ModelBundle(
-                    pipeline=res.model, class_names=list(fs.class_names),
-                    backbone={k: fs.meta.get(k) for k in BACKBONE_KEYS}, fingerprint=str(fs.meta.get("fingerprint", "")),
-                    head=head, protocol=protocol, selection=SELECTION, task=task_name, best_params=res.best_params,
-                    metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and not math.isnan(v)},
-                    dataset_id=ds_id)
+                path, bundle = bundle_for(fs, res, task=task_name, selection=SELECTION, artifacts=artifacts)
                 bundles.append(save_bundle(path, bundle))
-                row = report_row(fs, res, task_name, path)
+                row = head_row(fs, res, task=task_name, model_path=path)
                 upsert_rows(report_path(artifacts), [row])  # row by row: an interrupted run keeps what finished
                 rows.append(row)
                 plot_row = dict(row, confusion=row["subject_confusion"]) if by_subject and row["subject_confusion"] else row
@@ -188,13 +143,13 @@ def classify_dataset(data_root: str | os.PathLike[str], backbone: str = "all",
                 if png is not None:
                     plots.append(png)
                 advance(1)
-    plots += regenerate_summary(artifacts, ds_id)
+    plots += regenerate_summary(artifacts, dataset=ds_id)
     df = pd.DataFrame(rows)
     df.attrs.update(warnings=said, bundles=bundles, plots=plots)
     return df
 
 
-def report_command(artifacts: str | os.PathLike[str] | None = None, fmt: str = "table") -> str:
+def report_command(artifacts: str | os.PathLike[str] | None = None, *, fmt: str = "table") -> str:
     """Re-read report.csv, redraw every confusion matrix and summary chart, and return the formatted report."""
     path = report_path(artifacts)
     if not path.is_file():

@@ -88,26 +88,25 @@ def label(c: Candidate) -> str:
     return f"{c.backbone}({c.weights})/{c.layers}/{c.head}"
 
 
-def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[str], heads: list[str], tasks: list[str],
+def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: list[str], heads: list[str], tasks: list[str],
               weights: str = "imagenet", image_size: str | None = None, criterion: str = "balanced_accuracy",
               artifacts: str | os.PathLike[str] | None = None, n_jobs: int = 2, seed: int = 0, batch_size: int = 32,
               progress: bool = True, log: Log = lambda s: None) -> list[SweepResult]:
     """Featurize what is missing (one pass per backbone), evaluate every combination under subject-cv,
     write every row to report.csv, and refit + save the winner of each task for ``predict``."""
-    from classify.bundle import BACKBONE_KEYS, ModelBundle, bundle_path, save_bundle
+    from classify.bundle import bundle_for, save_bundle
     from classify.evaluate import evaluate
     from classify.heads import head_names
-    from classify.report import upsert_rows
-    from classify.run import report_row
+    from classify.options import choose
+    from classify.report import head_row, upsert_rows
     from classify.tasks import apply_label_map
     from featurize.config import dataset_dir, report_path
     from featurize.dataset import dataset_id
     from featurize.progress import progress_bar
     from featurize.run import featurize_layers
-    from featurize.store import load, variant_tag
+    from featurize.store import load
 
-    if criterion not in CRITERIA:
-        raise AlzmriError(f"unknown --criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    choose("--criterion", criterion, CRITERIA)
     heads = head_names(heads)
     wmap = parse_weights(weights, backbones)
     ds_id = dataset_id(data)
@@ -128,9 +127,8 @@ def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[s
                 if not fs.has_subjects:
                     raise AlzmriError(f"{cache}: the sweep evaluates by subject and needs subjects; run `alzmri subjects --data {data}`")
                 for head in heads:
-                    res = evaluate(fs, head, "subject-cv", n_jobs=n_jobs, seed=seed)
-                    row = report_row(fs, res, task_name, None)
-                    row["selection"] = f"sweep subject-cv {criterion}"
+                    res = evaluate(fs, head, protocol="subject-cv", n_jobs=n_jobs, seed=seed)
+                    row = head_row(fs, res, task=task_name, model_path=None, selection=f"sweep subject-cv {criterion}")
                     upsert_rows(report_path(artifacts), [row])
                     fold = [float(m.get(criterion, np.nan)) for m in res.fold_metrics]
                     cands.append(Candidate(backbone=str(fs.meta["backbone"]), weights=str(fs.meta["weights"]),
@@ -141,16 +139,9 @@ def run_sweep(data: str | os.PathLike[str], backbones: list[str], layers: list[s
         ranked = sorted(cands, key=lambda c: -np.nan_to_num(c.score, nan=-1))
         best = ranked[0]
         nested, picks = nested_estimate(cands)
-        path = bundle_path(ds_id, best.backbone, best.head, artifacts, best.weights, best.layers, best.task, "subject-cv",
-                           variant_tag(best.fs.meta))
         selection = (f"sweep winner by mean subject-cv {criterion} over {len(cands)} combinations; "
                      f"nested estimate of the selection {nested:.3f}")
-        bundle = ModelBundle(pipeline=best.result.model, class_names=list(best.fs.class_names),
-                             backbone={k: best.fs.meta.get(k) for k in BACKBONE_KEYS},
-                             fingerprint=str(best.fs.meta.get("fingerprint", "")), head=best.head, protocol="subject-cv",
-                             selection=selection, task=best.task, best_params=best.result.best_params,
-                             metrics={k: v for k, v in best.result.metrics.items() if isinstance(v, float) and np.isfinite(v)},
-                             dataset_id=ds_id)
+        path, bundle = bundle_for(best.fs, best.result, task=best.task, selection=selection, artifacts=artifacts)
         save_bundle(path, bundle)
         best_copy = path.with_name(f"sweep-best__{path.stem.split('__')[0]}__{best.task.replace(':', '-')}.joblib")
         save_bundle(best_copy, bundle)
@@ -173,7 +164,7 @@ def sweep_table(ranked: list[Candidate]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_sweep(res: SweepResult, top: int = 10) -> str:
+def format_sweep(res: SweepResult, *, top: int = 10) -> str:
     """The top rows, the winner and the nested estimate, in words."""
     t = res.table.head(top).copy()
     for col in t.columns:

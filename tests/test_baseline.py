@@ -1,4 +1,4 @@
-"""baseline: end-to-end CNNs (scratch, fine-tune) - outputs, report row, resume, fine-tune schedule, NaN, bad files.
+"""classify.cnn (alzmri baseline): end-to-end CNNs (scratch, fine-tune) - outputs, report row, resume, fine-tune schedule, NaN, bad files.
 
 Tiny on purpose (32x32 images, 1-3 epochs, a dozen images, random-init weights): the whole file runs in about a minute.
 """
@@ -12,19 +12,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify import baseline as bl
+from classify.cnn import BaselineConfig, BaselineResult, load_baseline, predict_files, train_baseline
+from classify.cnn import train as cnn_train
+from classify.cnn.data import class_weights, validation_split
+from featurize.backbones import build_base, get_backbone
 from featurize.errors import AlzmriError, DataError, WeightsError
 from tests.conftest import write_images
 
 FAST = dict(weights="none", image_size="32x32", epochs=1, subjects="none", progress=False, batch_size=4)
 
 
-def _train(data: Path, **kw: object) -> bl.BaselineResult:
-    return bl.train_baseline(data, **{**FAST, **kw})
+def _train(data: Path, **kw: object) -> BaselineResult:
+    return train_baseline(data, **{**FAST, **kw})
 
 
 def _keras():
-    return bl._kx().keras
+    from classify.cnn.keras_objects import keras
+
+    return keras
 
 
 def _report(artifacts: Path) -> pd.DataFrame:
@@ -39,10 +44,10 @@ def test_scratch_outputs_sidecar_curve_and_report_row(kaggle_root: Path, artifac
     assert meta["class_names"] == ["NonDemented", "MildDemented"]
     assert (meta["image_size"], meta["color"], meta["channels"], meta["resize"], meta["weights"]) == ("32x32", "grayscale", 1, "stretch", "random-init")
     assert "x / 255" in meta["preprocessing"]
-    model, meta2 = bl.load_baseline(res.model_path)
+    model, meta2 = load_baseline(res.model_path)
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 2) and meta2 == meta
     files = sorted(str(p) for p in (kaggle_root / "test").rglob("*.png"))[:3]
-    probs, errors = bl.predict_files(res.model_path, files)
+    probs, errors = predict_files(res.model_path, files)
     assert probs.shape == (3, 2) and errors == ["", "", ""]
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
@@ -118,7 +123,7 @@ def test_finetune_freezes_then_unfreezes_exactly_top_n_with_bn_frozen(kaggle_roo
 
     res = _train(kaggle_root, model="finetune", epochs=2, head_epochs=1, unfreeze=n, fine_learning_rate=1e-3, callbacks=[Probe()])
     assert [h["stage"] for h in res.history] == ["head", "fine"]
-    base = bl.build_base(bl.get_backbone("mobilenetv2"), "none", (32, 32))
+    base = build_base(get_backbone("mobilenetv2"), "none", (32, 32))
     top = base.layers[-n:]
     expected = [lay.name for lay in top if lay.weights and not isinstance(lay, keras.layers.BatchNormalization)]
     assert expected and any(isinstance(lay, keras.layers.BatchNormalization) for lay in top)  # the top N holds BN too
@@ -139,7 +144,7 @@ def test_finetune_freezes_then_unfreezes_exactly_top_n_with_bn_frozen(kaggle_roo
     meta = json.loads(res.sidecar_path.read_text())
     assert (meta["color"], meta["channels"], meta["backbone"], meta["head"]) == ("rgb", 3, "mobilenetv2", "fine-tune")
     assert "mobilenet_v2.preprocess_input" in meta["preprocessing"]
-    model, _ = bl.load_baseline(res.model_path)
+    model, _ = load_baseline(res.model_path)
     assert model.input_shape == (None, 32, 32, 3)
     row = _report(artifacts).iloc[0]
     assert (row["head"], row["backbone"], row["weights"], int(row["epochs"])) == ("fine-tune", "mobilenetv2", "random-init", 2)
@@ -162,7 +167,7 @@ def test_nan_divergence_stops_and_keeps_best_checkpoint(kaggle_root: Path, artif
     res = _train(kaggle_root, model="scratch", epochs=3, callbacks=[PoisonAt(1)], log=logs.append)
     assert res.diverged and res.epochs_run == 1 and res.best_epoch == 1
     assert any("diverged (NaN loss) in epoch 2" in m and "best checkpoint (epoch 1)" in m for m in logs)
-    model, _ = bl.load_baseline(res.model_path)
+    model, _ = load_baseline(res.model_path)
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert np.isfinite(res.row["accuracy"]) and int(_report(artifacts).iloc[0]["epochs"]) == 1
 
@@ -171,8 +176,8 @@ def test_nan_divergence_stops_and_keeps_best_checkpoint(kaggle_root: Path, artif
 
 
 def test_early_stopping_waits_for_min_epochs(kaggle_root: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bl, "_balanced_accuracy", lambda y, pred: 0.5)  # validation never improves after epoch 1
-    monkeypatch.setattr(bl, "_cross_entropy", lambda y, probs: 0.7)
+    monkeypatch.setattr(cnn_train, "balanced_accuracy", lambda y, pred: 0.5)  # validation never improves after epoch 1
+    monkeypatch.setattr(cnn_train, "cross_entropy", lambda y, probs: 0.7)
     logs: list[str] = []
     res = _train(kaggle_root, model="scratch", epochs=4, patience=1, min_epochs=3, log=logs.append)
     assert res.epochs_run == 3 and res.best_epoch == 1 and any("early stopping (best epoch 1)" in m for m in logs)
@@ -183,7 +188,9 @@ def test_corrupt_files_skipped_and_listed_with_holdout_when_no_split(tmp_path: P
     write_images(flat, "folders", n_per_class=6)
     (flat / "NonDemented" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (flat / "MildDemented" / "empty.png").write_bytes(b"")
-    res = _train(flat, model="scratch")
+    cfg = BaselineConfig(weights="none", image_size="32x32", epochs=3, subjects="none", batch_size=4)
+    res = train_baseline(flat, cfg, progress=False, epochs=1)  # options given beside a config override it
+    assert res.epochs_run == 1
     failed = dict(res.failed)
     assert set(failed) == {"NonDemented/broken.png", "MildDemented/empty.png"}
     assert "zero-byte" in failed["MildDemented/empty.png"]
@@ -209,23 +216,56 @@ def test_subject_cv_reports_mean_and_std_and_trains_final_model(tmp_path: Path, 
 def test_validation_carve_is_subject_disjoint_and_stratified() -> None:
     y = np.repeat([0, 1, 2], 40)
     groups = np.array([f"s{i // 8}" for i in range(120)])
-    tr, va = bl.validation_split(y, groups, 0.15, seed=0)
+    tr, va = validation_split(y, groups, 0.15, seed=0)
     assert not set(groups[tr]) & set(groups[va]) and set(y[va]) == {0, 1, 2} and 0.08 < len(va) / 120 < 0.25
     assert sorted(np.concatenate([tr, va]).tolist()) == list(range(120))
     y10 = np.array([0] * 5 + [1] * 5)
-    tr, va = bl.validation_split(y10, None, 0.15, seed=0)
+    tr, va = validation_split(y10, None, 0.15, seed=0)
     assert len(va) == 2 and set(y10[va]) == {0, 1}
-    np.testing.assert_allclose(bl.class_weights(np.array([0, 0, 0, 1]), 3), [2 / 3, 2.0, 1.0])
+    np.testing.assert_allclose(class_weights(np.array([0, 0, 0, 1]), 3), [2 / 3, 2.0, 1.0])
 
 
 def test_bad_arguments_fail_with_one_line(kaggle_root: Path, artifacts: Path, tmp_path: Path) -> None:
     with pytest.raises(AlzmriError, match="unknown --model"):
-        bl.train_baseline(kaggle_root, model="resnet")
+        train_baseline(kaggle_root, model="resnet")
     with pytest.raises(AlzmriError, match="unknown --protocol"):
-        bl.train_baseline(kaggle_root, protocol="leave-one-out")
+        train_baseline(kaggle_root, protocol="leave-one-out")
     with pytest.raises(AlzmriError, match="--epochs must be at least 1"):
-        bl.train_baseline(kaggle_root, epochs=0)
+        train_baseline(kaggle_root, epochs=0)
     with pytest.raises(WeightsError, match="weights file not found"):
-        bl.train_baseline(kaggle_root, model="finetune", weights=str(tmp_path / "nope.h5"))
+        train_baseline(kaggle_root, model="finetune", weights=str(tmp_path / "nope.h5"))
     with pytest.raises(AlzmriError, match="unknown backbone"):
-        bl.train_baseline(kaggle_root, model="finetune", backbone="alexnet")
+        train_baseline(kaggle_root, model="finetune", backbone="alexnet")
+
+
+def test_config_is_frozen_keyword_only_and_names_no_missing_flags() -> None:
+    import dataclasses
+
+    cfg = BaselineConfig(model="Fine-Tune", epochs=6)
+    assert cfg.kind == "finetune" and cfg.size == (160, 192)
+    assert (cfg.schedule.epochs, cfg.schedule.min_epochs, cfg.n_head_epochs) == (6, 0, 4)
+    assert BaselineConfig().schedule.epochs == 30 and BaselineConfig().schedule.min_epochs == 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        BaselineConfig("scratch")  # type: ignore[misc]
+    # the CLI has no --folds or --head-epochs: the messages name the library options
+    with pytest.raises(AlzmriError, match=r"^folds must be at least 2, not 1$"):
+        BaselineConfig(folds=1)
+    with pytest.raises(AlzmriError, match=r"^head_epochs must be at least 1, not 0$"):
+        BaselineConfig(head_epochs=0)
+    with pytest.raises(AlzmriError, match="too small for the scratch CNN"):
+        BaselineConfig(image_size="16x16")
+
+
+
+def test_importing_the_cnn_package_and_its_predict_path_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, classify.baseline, classify.cnn; from classify.cnn import load_baseline, predict_files; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'classify.cnn.run') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"  # TF and Keras load with the model, scikit-learn and training code never

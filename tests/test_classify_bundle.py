@@ -83,7 +83,7 @@ def test_names_add_parts_only_when_they_differ_from_defaults(key: Path, tmp_path
         "resnet50__mlp__random-init__mid__binary.joblib"
     custom = bundle_name("x", "mlp", task="custom:A=a,*=b")
     assert custom.startswith("x__mlp__custom-") and "," not in custom
-    p = bundle_path("ds-1234", "mobilenetv2", "logreg", tmp_path)
+    p = bundle_path("ds-1234", "mobilenetv2", "logreg", artifacts=tmp_path)
     assert p == tmp_path / "models" / "ds-1234" / "mobilenetv2__logreg.joblib"
     b, _ = _bundle()
     save_bundle(p, b)

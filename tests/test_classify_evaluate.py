@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify.evaluate import (compute_metrics, evaluate, holdout_split, make_splitter, permute_labels,
-                               subject_level)
+from classify.evaluate import evaluate, permute_labels
+from classify.metrics import compute_metrics, subject_level
+from classify.protocols import holdout_split, make_splitter
 from featurize.errors import AlzmriError, DataError
 from featurize.featureset import FeatureSet
 
@@ -36,7 +37,7 @@ def synthetic(subjects: int = 8, slices: int = 4, dim: int = 16, sep: float = 3.
 
 @pytest.mark.parametrize("head", ["logreg", "svm", "mlp"])
 def test_each_head_separates_blobs_under_subject_cv(head: str) -> None:
-    res = evaluate(synthetic(), head, "subject-cv", n_jobs=1)
+    res = evaluate(synthetic(), head, protocol="subject-cv", n_jobs=1)
     assert res.metrics["balanced_accuracy"] > 0.9 and res.metrics["roc_auc"] > 0.95
     assert res.metrics["subject_balanced_accuracy"] > 0.9
     assert res.n_splits == 5 and len(res.fold_metrics) == 5 and "balanced_accuracy" in res.std
@@ -49,9 +50,9 @@ def test_shuffled_labels_score_near_chance_and_permutation_check_agrees() -> Non
     fs = synthetic(subjects=10, sep=3.0, seed=3)
     rng = np.random.default_rng(0)
     fs.y = permute_labels(fs.y, fs.subject, rng)  # labels unrelated to features, still one per subject
-    res = evaluate(fs, "logreg", "subject-cv", n_jobs=1)
+    res = evaluate(fs, "logreg", protocol="subject-cv", n_jobs=1)
     assert res.metrics["balanced_accuracy"] < 0.45
-    real = evaluate(synthetic(subjects=10, seed=3), "logreg", "subject-cv", permutation=9, n_jobs=2)
+    real = evaluate(synthetic(subjects=10, seed=3), "logreg", protocol="subject-cv", permutation=9, n_jobs=2)
     assert real.permutation_p == pytest.approx(0.1)  # (0 + 1) / (9 + 1): no permutation reaches the real score
     assert 0.1 < real.chance_balanced_accuracy < 0.45 and len(real.permutation_scores) == 9
 
@@ -66,24 +67,24 @@ def test_permutation_keeps_every_subject_label_consistent() -> None:
 
 def test_subject_cv_never_splits_a_subject_and_slice_cv_does() -> None:
     fs = synthetic(subjects=6, slices=5)
-    splitter, notes = make_splitter(fs.y, fs.subject, 5, seed=1)
+    splitter, notes = make_splitter(fs.y, fs.subject, n_splits=5, seed=1)
     folds = list(splitter.split(fs.X, fs.y, fs.subject))
     assert len(folds) == 5 and not notes
     for tr, te in folds:
         assert not set(fs.subject[tr]) & set(fs.subject[te])
         assert set(fs.y[te]) == set(range(4))  # stratified: every class in every test fold
-    assert evaluate(fs, "logreg", "subject-cv", n_jobs=1).leakage == 0
-    leaky = evaluate(fs, "logreg", "slice-cv", n_jobs=1)
+    assert evaluate(fs, "logreg", protocol="subject-cv", n_jobs=1).leakage == 0
+    leaky = evaluate(fs, "logreg", protocol="slice-cv", n_jobs=1)
     assert leaky.leakage > 0 and any("leakage" in w for w in leaky.warnings)
 
 
 def test_official_split_is_respected_and_leakage_counted() -> None:
     fs = synthetic(split=True)
-    res = evaluate(fs, "logreg", "official", n_jobs=1)
+    res = evaluate(fs, "logreg", protocol="official", n_jobs=1)
     assert res.n_train == int((fs.split == "train").sum()) and res.n_test == int((fs.split == "test").sum())
     assert res.leakage == 0 and res.std == {} and res.metrics["balanced_accuracy"] > 0.9
     fs.subject[fs.split == "test"] = fs.subject[fs.split == "train"][: int((fs.split == "test").sum())]
-    assert evaluate(fs, "logreg", "official", n_jobs=1).leakage > 0
+    assert evaluate(fs, "logreg", protocol="official", n_jobs=1).leakage > 0
 
 
 def test_official_without_split_holds_out_subjects_with_a_recorded_seed() -> None:
@@ -92,7 +93,7 @@ def test_official_without_split_holds_out_subjects_with_a_recorded_seed() -> Non
     assert 0.1 < len(te) / len(fs) < 0.3 and not set(fs.subject[tr]) & set(fs.subject[te])
     tr2, te2, _ = holdout_split(fs.y, fs.subject, seed=4)
     assert (te == te2).all()
-    res = evaluate(fs, "svm", "official", seed=4, n_jobs=1)
+    res = evaluate(fs, "svm", protocol="official", seed=4, n_jobs=1)
     assert res.split_seed == 4 and res.n_test == len(te) and any("seed 4" in w for w in res.warnings)
 
 
@@ -100,11 +101,11 @@ def test_small_class_falls_back_to_fewer_folds_with_a_warning() -> None:
     fs = synthetic(subjects=6)
     rare = np.isin(fs.subject, ["Mode-2", "Mode-3", "Mode-4", "Mode-5"])
     fs = fs.subset(~rare)  # ModerateDemented keeps 2 subjects
-    res = evaluate(fs, "logreg", "subject-cv", n_jobs=1)
+    res = evaluate(fs, "logreg", protocol="subject-cv", n_jobs=1)
     assert res.n_splits == 2
     assert any("class ModerateDemented has only 2 subjects" in w and "using k=2" in w for w in res.warnings)
     assert any("ModerateDemented (2)" in w for w in res.warnings)  # fewer than 5 subjects
-    _, notes = make_splitter(np.array([0, 0, 0, 1]), None, 5)
+    _, notes = make_splitter(np.array([0, 0, 0, 1]), None, n_splits=5)
     assert any("k=2" in n for n in notes) and any("single sample" in n for n in notes)
 
 
@@ -113,26 +114,26 @@ def test_nan_features_name_the_rows() -> None:
     fs.X[[3, 7]] = np.nan
     fs.X[9, 0] = np.inf
     with pytest.raises(DataError, match=r"3 row\(s\).*c0/img3\.png.*c0/img7\.png.*c0/img9\.png"):
-        evaluate(fs, "logreg", "official", n_jobs=1)
+        evaluate(fs, "logreg", protocol="official", n_jobs=1)
 
 
 def test_test_class_absent_from_train_is_a_clear_error() -> None:
     fs = synthetic(split=True)
     fs.split[(fs.y == 3)] = "test"
-    with pytest.raises(AlzmriError, match="ModerateDemented with no training rows"):
-        evaluate(fs, "logreg", "official", n_jobs=1)
+    with pytest.raises(DataError, match="ModerateDemented with no training rows"):
+        evaluate(fs, "logreg", protocol="official", n_jobs=1)
 
 
 def test_subject_cv_without_subjects_points_to_alzmri_subjects() -> None:
-    with pytest.raises(AlzmriError, match="alzmri subjects"):
-        evaluate(synthetic(with_subjects=False), "logreg", "subject-cv", n_jobs=1)
-    res = evaluate(synthetic(with_subjects=False), "logreg", "slice-cv", n_jobs=1)
+    with pytest.raises(DataError, match="alzmri subjects"):
+        evaluate(synthetic(with_subjects=False), "logreg", protocol="subject-cv", n_jobs=1)
+    res = evaluate(synthetic(with_subjects=False), "logreg", protocol="slice-cv", n_jobs=1)
     assert res.leakage is None and "subject_accuracy" not in res.metrics
 
 
 def test_unknown_protocol() -> None:
     with pytest.raises(AlzmriError, match="subject-cv"):
-        evaluate(synthetic(), "logreg", "kfold")
+        evaluate(synthetic(), "logreg", protocol="kfold")
 
 
 def test_metrics_handle_a_class_absent_from_the_test_part() -> None:

@@ -39,7 +39,7 @@ def test_classify_dataset_end_to_end(tmp_path: Path) -> None:
     root, art = tmp_path / "data", tmp_path / "art"
     _cache(root, art, synthetic(subjects=6, slices=3, split=True))
     said: list[str] = []
-    df = classify_dataset(root, "mobilenetv2", ["logreg", "svm"], "subject-cv", artifacts=art, permutation=3,
+    df = classify_dataset(root, backbone="mobilenetv2", heads=["logreg", "svm"], protocol="subject-cv", artifacts=art, permutation=3,
                           n_jobs=2, progress=False, log=said.append)
     ds = dataset_id(root)
     assert len(df) == 2 and set(df["head"]) == {"logreg", "svm"} and (df["protocol"] == "subject-cv").all()
@@ -61,13 +61,13 @@ def test_classify_dataset_end_to_end(tmp_path: Path) -> None:
         assert (np.array(b.predict(fs.X)) == np.array(fs.class_names)[fs.y]).mean() > 0.9
 
     # The official split, a binary task, and a rerun: the report gains rows, never duplicates.
-    classify_dataset(root, "all", "logreg", "official", artifacts=art, n_jobs=1, progress=False, log=said.append)
-    classify_dataset(root, "mobilenetv2", ["logreg"], "official", artifacts=art, n_jobs=1, progress=False,
+    classify_dataset(root, backbone="all", heads="logreg", protocol="official", artifacts=art, n_jobs=1, progress=False, log=said.append)
+    classify_dataset(root, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art, n_jobs=1, progress=False,
                      task="binary", log=said.append)
-    again = classify_dataset(root, "mobilenetv2", ["logreg"], "official", artifacts=art, n_jobs=1, progress=False,
+    again = classify_dataset(root, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art, n_jobs=1, progress=False,
                              log=said.append)
     assert again["n_test"].iloc[0] == int((fs.split == "test").sum())
-    table = report_command(art, "table")
+    table = report_command(art, fmt="table")
     assert "subject-cv" in table and "binary" in table
     import pandas as pd
 
@@ -75,30 +75,30 @@ def test_classify_dataset_end_to_end(tmp_path: Path) -> None:
     assert len(rep) == 4 and not rep.duplicated(["backbone", "weights", "layers", "task", "head", "protocol"]).any()
     for p in (art / ds / "plots").glob("*.png"):
         p.unlink()
-    assert report_command(art, "markdown").startswith("|")
+    assert report_command(art, fmt="markdown").startswith("|")
     assert len(list((art / ds / "plots").glob("confusion__*.png"))) == 4 and (art / ds / "plots" / "summary.png").is_file()
 
 
 def test_missing_cache_names_the_featurize_command(tmp_path: Path) -> None:
     root, art = tmp_path / "data", tmp_path / "art"
     with pytest.raises(CacheError, match=r"alzmri featurize --data .*data --backbone mobilenetv2"):
-        classify_dataset(root, "all", ["logreg"], artifacts=art, progress=False)
+        classify_dataset(root, backbone="all", heads=["logreg"], artifacts=art, progress=False)
     _cache(root, art, synthetic(subjects=3, slices=2))
     with pytest.raises(CacheError, match=r"alzmri featurize --data .* --backbone resnet50"):
-        classify_dataset(root, "resnet50", ["logreg"], artifacts=art, progress=False)
+        classify_dataset(root, backbone="resnet50", heads=["logreg"], artifacts=art, progress=False)
     with pytest.raises(AlzmriError, match="unknown head"):
-        classify_dataset(root, "all", ["tree"], artifacts=art, progress=False)
+        classify_dataset(root, backbone="all", heads=["tree"], artifacts=art, progress=False)
 
 
 def test_subjects_required_where_they_matter(tmp_path: Path) -> None:
     root, art = tmp_path / "data", tmp_path / "art"
     _cache(root, art, synthetic(subjects=3, slices=2, with_subjects=False))
     with pytest.raises(AlzmriError, match="alzmri subjects"):
-        classify_dataset(root, "all", ["logreg"], "subject-cv", artifacts=art, progress=False)
+        classify_dataset(root, backbone="all", heads=["logreg"], protocol="subject-cv", artifacts=art, progress=False)
     with pytest.raises(AlzmriError, match="--by-subject"):
-        classify_dataset(root, "all", ["logreg"], "official", artifacts=art, progress=False, by_subject=True)
+        classify_dataset(root, backbone="all", heads=["logreg"], protocol="official", artifacts=art, progress=False, by_subject=True)
     said: list[str] = []
-    df = classify_dataset(root, "all", ["logreg"], "official", artifacts=art, n_jobs=1, progress=False, log=said.append)
+    df = classify_dataset(root, backbone="all", heads=["logreg"], protocol="official", artifacts=art, n_jobs=1, progress=False, log=said.append)
     assert df["leakage"].isna().all()  # unknown, not zero
     assert any("subjects unknown" in w for w in said) and df.attrs["warnings"] == said
 

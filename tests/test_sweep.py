@@ -32,7 +32,7 @@ def test_parse_weights_per_backbone() -> None:
 def test_sweep_end_to_end_tiny(tmp_path: Path) -> None:
     data, art = tmp_path / "data", tmp_path / "art"
     write_dataset(data, subjects_per_class=5, slices_per_subject=3, size=(64, 76), seed=1)
-    results = run_sweep(data, ["mobilenetv2"], ["last", "mid"], ["logreg"], ["stages", "binary"], weights="none",
+    results = run_sweep(data, backbones=["mobilenetv2"], layers=["last", "mid"], heads=["logreg"], tasks=["stages", "binary"], weights="none",
                         image_size="32x32", artifacts=art, progress=False)
     assert [r.task for r in results] == ["stages", "binary"]
     for r in results:
