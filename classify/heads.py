@@ -21,6 +21,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from featurize.errors import AlzmriError
+from featurize.options import choose
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -187,10 +188,7 @@ HEADS: dict[str, HeadSpec] = {
 
 
 def _spec(name: str) -> HeadSpec:
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise AlzmriError(f"unknown head {name!r}; choose one of: {', '.join(HEADS)}") from None
+    return HEADS[choose("head", name, HEADS)]
 
 
 def head_names(spec: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from featurize.dataset import is_image_name
 from featurize.errors import AlzmriError, DataError, WeightsError
+from featurize.options import at_least
 
 Log = Callable[[str], None]
 
@@ -128,8 +129,7 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
     ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
     slices' probabilities.
     """
-    if batch_size < 1:
-        raise AlzmriError("--batch-size must be at least 1")
+    at_least("--batch-size", batch_size, 1)
     files = expand_inputs(inputs)
     path = Path(model).expanduser()
     if path.suffix == ".keras":

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from classify.metrics import quiet_sklearn
-from classify.options import choose
+from featurize.options import choose
 from featurize.errors import DataError
 
 PROTOCOLS = ("official", "subject-cv", "slice-cv")

@@ -24,6 +24,7 @@ import pandas as pd
 
 from featurize.atomic import atomic_path
 from featurize.errors import AlzmriError
+from featurize.options import choose
 
 if TYPE_CHECKING:
     from classify.evaluate import EvalResult
@@ -226,8 +227,7 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def format_report(df: pd.DataFrame, fmt: str = "table") -> str:
     """Render the report: ``table`` (rich, best balanced accuracy first, compact columns), ``markdown``
     (same columns), ``csv`` or ``json`` (all columns)."""
-    if fmt not in FORMATS:
-        raise AlzmriError(f"unknown report format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    choose("report format", fmt, FORMATS)
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":

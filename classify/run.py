@@ -11,7 +11,7 @@ import pandas as pd
 from classify.bundle import bundle_for, save_bundle
 from classify.evaluate import SELECTION, evaluate
 from classify.heads import head_names
-from classify.options import at_least
+from featurize.options import at_least
 from classify.plots import confusion_from_row, confusion_name, summary_png
 from classify.protocols import check_protocol
 from classify.report import format_report, head_row, read_report, upsert_rows

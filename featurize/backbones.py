@@ -59,7 +59,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in _REGISTRY}
 
 def get_backbone(name: str) -> Backbone:
     """Look a backbone up by name; an unknown name lists the valid ones."""
-    return BACKBONES[choose("backbone", name, BACKBONES)]
+    return BACKBONES[choose("backbone", str(name).lower(), BACKBONES)]
 
 
 def resolve_layers(backbone: Backbone, layers: str) -> list[str]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from featurize.errors import AlzmriError
 from featurize.options import choose
 
 PRECISIONS = ("float32", "mixed")

@@ -105,7 +105,7 @@ def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, e
     """
     from featurize.pipeline import make_forward
 
-    engine = choose("engine", engine or "auto", ENGINES)
+    engine = choose("engine", (engine or "auto").lower(), ENGINES)
 
     def tf_engine() -> tuple[Forward, str]:
         return make_forward(model, preprocess, batch_size), "tf"

@@ -11,13 +11,12 @@ from collections.abc import Iterable
 from featurize.errors import AlzmriError
 
 
-def choose(name: str, value: object, valid: Iterable[str], *, error: type[AlzmriError] = AlzmriError) -> str:
-    """``value`` as a lower-case choice of ``valid``; else one line naming the option and every valid choice."""
+def choose(name: str, value: str, valid: Iterable[str], *, error: type[AlzmriError] = AlzmriError) -> str:
+    """``value`` when it is one of ``valid``; else one line naming the option and every valid choice."""
     choices = list(valid)
-    got = str(value).strip().lower() if value is not None else ""
-    if got not in choices:
+    if value not in choices:
         raise error(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
-    return got
+    return value
 
 
 def at_least(name: str, value: int, low: int, *, error: type[AlzmriError] = AlzmriError) -> int:

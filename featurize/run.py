@@ -242,7 +242,7 @@ def featurize_layers(
 
     # before the scan: a typo should not cost a pass over the files
     batch_size = at_least("--batch-size", batch_size, 1)
-    engine = choose("engine", engine or "auto", ENGINES)
+    engine = choose("engine", (engine or "auto").lower(), ENGINES)
     precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
     settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c, precision) for c in choices]

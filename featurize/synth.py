@@ -163,7 +163,7 @@ def write_dataset(out: str | Path, *, subjects_per_class: int = 6, slices_per_su
     # Marker first: an interrupted run leaves a folder we recognise as ours and can safely redo.
     _write_json(marker, {**params, "complete": False})
 
-    images, table = generate_arrays(spc, sps, (w, h), seed)
+    images, table = generate_arrays(spc, sps, (w, h), seed=seed)
     rng = np.random.default_rng([seed, 1_000_003])  # split and naming stream, independent of the anatomy streams
     table["split"] = _assign_split(table, split, test_fraction, rng)
     table["path"] = ""

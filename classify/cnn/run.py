@@ -28,7 +28,7 @@ from classify.cnn.data import Images, decode_images
 from classify.cnn.spec import (DEFAULT_EPOCHS, DEFAULT_FINE_LR, DEFAULT_HEAD_EPOCHS, DEFAULT_LR, DEFAULT_MIN_EPOCHS,
                                DEFAULT_SIZE, MODELS, SCRATCH_BLOCKS, SIDECAR_FORMAT, Log, NetSpec, Schedule, digest,
                                fmt_secs)
-from classify.options import at_least, choose
+from featurize.options import at_least, choose
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
 from featurize.backbones import Backbone, get_backbone, weights_tag
 from featurize.config import dataset_dir, models_dir, report_path
