@@ -85,7 +85,7 @@ def tool_version() -> str:
         from importlib.metadata import version
 
         return version("alzmri")
-    except Exception:  # not installed as a distribution (e.g. run from a checkout)
+    except Exception:  # noqa: BLE001 - not installed as a distribution (e.g. run from a checkout)
         return "0+unknown"
 
 

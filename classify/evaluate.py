@@ -28,8 +28,17 @@ from threadpoolctl import threadpool_limits
 
 from classify.heads import default_pca, make_head, param_grid
 from classify.metrics import compute_metrics, predict_scores, quiet_sklearn
-from classify.protocols import (OUTER_SPLITS, Fold, aggregate, check_protocol, folds_for, leaked, make_splitter,
-                                splits, subjects_per_class)
+from classify.protocols import (
+    OUTER_SPLITS,
+    Fold,
+    aggregate,
+    check_protocol,
+    folds_for,
+    leaked,
+    make_splitter,
+    splits,
+    subjects_per_class,
+)
 from featurize.errors import DataError
 from featurize.featureset import FeatureSet
 

@@ -13,8 +13,14 @@ from typing import Any, Iterator
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning, UndefinedMetricWarning
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 SUBJECT_METRICS = ("subject_accuracy", "subject_balanced_accuracy", "subject_roc_auc")

@@ -19,8 +19,8 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from classify.metrics import quiet_sklearn
-from featurize.options import choose
 from featurize.errors import DataError
+from featurize.options import choose
 
 PROTOCOLS = ("official", "subject-cv", "slice-cv")
 OUTER_SPLITS = 5

@@ -11,13 +11,13 @@ import pandas as pd
 from classify.bundle import bundle_for, save_bundle
 from classify.evaluate import SELECTION, evaluate
 from classify.heads import head_names
-from featurize.options import at_least
 from classify.plots import confusion_from_row, confusion_name, summary_png
 from classify.protocols import check_protocol
 from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
 from featurize.config import dataset_dir, features_dir, report_path
 from featurize.errors import AlzmriError, CacheError
+from featurize.options import at_least
 
 Log = Callable[[str], None]
 

@@ -97,11 +97,11 @@ def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: lis
     from classify.bundle import bundle_for, save_bundle
     from classify.evaluate import evaluate
     from classify.heads import head_names
-    from featurize.options import choose
     from classify.report import head_row, upsert_rows
     from classify.tasks import apply_label_map
     from featurize.config import dataset_dir, report_path
     from featurize.dataset import dataset_id
+    from featurize.options import choose
     from featurize.progress import progress_bar
     from featurize.run import featurize_layers
     from featurize.store import load

@@ -146,7 +146,7 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
             return ctor(include_top=False, weights="imagenet", input_shape=shape)
         except ValueError as exc:
             raise AlzmriError(f"{backbone.name} cannot take input size {size[0]}x{size[1]} with ImageNet weights ({exc})") from None
-        except Exception as exc:  # Keras raises a bare Exception for "URL fetch failure"
+        except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception for "URL fetch failure"
             raise WeightsError(
                 f"ImageNet weights for {backbone.name} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                 "put Keras's weight file in $KERAS_HOME/models (KERAS_HOME=...), or pass --weights PATH, or --weights none for random init"
@@ -158,7 +158,7 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
     if tag.startswith("file-"):
         try:
             model.load_weights(str(Path(weights).expanduser()))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - h5py, Keras and ValueError alike mean "not this model's weights"
             raise WeightsError(f"{weights}: not a weights file for headless {backbone.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); save it with model.save_weights from the same architecture with include_top=False") from None
     return model
 

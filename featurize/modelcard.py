@@ -100,10 +100,13 @@ def cached_forward_for(folder: str | os.PathLike[str], settings: dict[str, Any],
         if got is None:
             continue
         i = card["tags"].index(tag)
-        lo, hi = sum(card["dims"][:i]), sum(card["dims"][:i + 1])
-        full = got[0]
-        return (full if len(card["tags"]) == 1 else (lambda x: full(x)[:, lo:hi])), got[2]
+        return _columns(got[0], sum(card["dims"][:i]), sum(card["dims"][:i + 1])), got[2]
     return None
+
+
+def _columns(full: Callable[[np.ndarray], np.ndarray], lo: int, hi: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The forward pass restricted to output columns ``lo:hi`` (one layer choice of a multi-choice export)."""
+    return lambda x: full(x)[:, lo:hi]
 
 
 def _card_and_source(folder: str | os.PathLike[str], settings: dict[str, Any], seed: int, engine: str) -> str | None:

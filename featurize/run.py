@@ -15,8 +15,17 @@ import h5py
 import numpy as np
 
 from featurize import store
-from featurize.backbones import (CHECKSUM_SCOPE, build_base, feature_model, get_backbone, layers_tag, legacy_checksums,
-                                 resolve_layers, weights_checksum, weights_tag)
+from featurize.backbones import (
+    CHECKSUM_SCOPE,
+    build_base,
+    feature_model,
+    get_backbone,
+    layers_tag,
+    legacy_checksums,
+    resolve_layers,
+    weights_checksum,
+    weights_tag,
+)
 from featurize.config import engines_dir, features_dir
 from featurize.dataset import Dataset, scan
 from featurize.engines import Forward
@@ -489,9 +498,12 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
                 buf["features"].append(feats[good])
                 for j, e in zip(range(done, done + len(errs)), errs):
                     if e:
-                        buf["failed_path"].append(paths[j]); buf["failed_sha1"].append(shas[j]); buf["failed_reason"].append(e)
+                        buf["failed_path"].append(paths[j])
+                        buf["failed_sha1"].append(shas[j])
+                        buf["failed_reason"].append(e)
                     else:
-                        buf["path"].append(paths[j]); buf["sha1"].append(shas[j])
+                        buf["path"].append(paths[j])
+                        buf["sha1"].append(shas[j])
                 done += len(errs)
                 advance(len(errs))
                 if len(buf["path"]) + len(buf["failed_path"]) >= part_rows:

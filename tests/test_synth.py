@@ -106,7 +106,7 @@ def test_layout_counts_and_truth(tiny: tuple[Path, pd.DataFrame]) -> None:
         m = NAME_RE.match(name)
         assert m and m.group(1) == synth.FILE_PREFIXES[synth.CLASS_NAMES.index(label)]
     # Kaggle-style numbering: 0..n-1 in every split/class folder.
-    for (split, label), grp in truth.groupby(["split", "label"]):
+    for _, grp in truth.groupby(["split", "label"]):
         numbers = sorted(int(NAME_RE.match(p.rsplit("/", 1)[1]).group(2)) for p in grp["path"])
         assert numbers == list(range(len(grp)))
     assert truth.groupby("subject")["label"].nunique().eq(1).all()

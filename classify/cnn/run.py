@@ -25,15 +25,28 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from classify.cnn.data import Images, decode_images
-from classify.cnn.spec import (DEFAULT_EPOCHS, DEFAULT_FINE_LR, DEFAULT_HEAD_EPOCHS, DEFAULT_LR, DEFAULT_MIN_EPOCHS,
-                               DEFAULT_SIZE, MODELS, SCRATCH_BLOCKS, SIDECAR_FORMAT, Log, NetSpec, Schedule, digest,
-                               fmt_secs)
-from featurize.options import at_least, choose
+from classify.cnn.spec import (
+    DEFAULT_EPOCHS,
+    DEFAULT_FINE_LR,
+    DEFAULT_HEAD_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MIN_EPOCHS,
+    DEFAULT_SIZE,
+    MODELS,
+    SCRATCH_BLOCKS,
+    SIDECAR_FORMAT,
+    Log,
+    NetSpec,
+    Schedule,
+    digest,
+    fmt_secs,
+)
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
 from featurize.backbones import Backbone, get_backbone, weights_tag
 from featurize.config import dataset_dir, models_dir, report_path
 from featurize.errors import AlzmriError, DataError
 from featurize.images import RESIZE_MODES, parse_size
+from featurize.options import at_least, choose
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -349,7 +362,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
         from classify.run import regenerate_summary
 
         regenerate_summary(artifacts, dataset=ds.dataset_id)
-    except Exception as exc:  # the plot is a convenience: never lose the trained model over it
+    except Exception as exc:  # noqa: BLE001 - the plot is a convenience: never lose the trained model over it
         log(f"warning: could not redraw the summary plot ({type(exc).__name__}: {str(exc)[:100]})")
     log(f"{spec.name} ({cfg.protocol}): accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
         f"{final.epochs_run} epoch(s) (best {final.best_epoch}), training {fmt_secs(fit_seconds)}; model {model_path}")
@@ -417,6 +430,6 @@ def _draw_curves(fit: FitOutcome, cfg: BaselineConfig, spec: NetSpec, *, dataset
              + ("" if cfg.protocol == "official" else f" - final model ({cfg.protocol})"))
     try:
         return plot_training_curves(fit.history, path, title, best_epoch=fit.best_epoch)
-    except Exception as exc:  # a plot must never cost the trained model
+    except Exception as exc:  # noqa: BLE001 - a plot must never cost the trained model
         log(f"warning: could not draw the training curves ({type(exc).__name__}: {exc})")
         return None
