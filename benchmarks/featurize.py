@@ -366,7 +366,7 @@ def child_main(args: argparse.Namespace) -> None:
 def vm_hwm() -> float:
     """This process's own peak RSS in MiB (``VmHWM``: the high-water mark of the current address space)."""
     with contextlib.suppress(OSError, StopIteration, ValueError):
-        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -538,7 +538,7 @@ def machine() -> str:
                 break
     flags = ""
     with contextlib.suppress(OSError):
-        fl = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+        fl = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
         flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in fl)
     import tensorflow as tf
 
@@ -570,20 +570,20 @@ def report(r: dict[str, Any]) -> str:
               "|---|---|---:|---:|---:|---:|---:|"]
     lines.append(f"| (1) naive loop: load_img + model.predict per image ({r['naive_n']} images) | tf | {fmt(r['naive'])} "
                  f"| {fmt(r['naive'] * gf)} | {fmt(100 * r['naive'] * gf / peak)} | | 1.00 |")
-    for e, row in r["engines"].items():
+    for row in r["engines"].values():
         lines.append(f"| (2) model only: preloaded uint8 batches | {row['engine']} | {fmt(row['model_only'])} | {fmt(row['model_only'] * gf)} "
                      f"| {fmt(100 * row['model_only'] * gf / peak)} | | {fmt(row['model_only'] / r['naive'], 2)} |")
-    for e, row in r["engines"].items():
+    for row in r["engines"].values():
         lines.append(f"| (3) featurize: decode+resize+infer+journal (loop) | {row['engine']} | {fmt(row['rate'])} "
                      f"| {fmt(row['rate'] * gf)} | {fmt(100 * row['rate'] * gf / peak)} | {fmt(row['rate'] / row['model_only'], 2)} "
                      f"| {fmt(row['rate'] / r['naive'], 2)} |")
     for k, (label, _) in list(PIPELINES.items())[1:]:
-        for e, row in r["engines"].items():
+        for row in r["engines"].values():
             p = row["protos"][k]
             lines.append(f"| (3-{k}) featurize loop, input: {label} | {p['engine']} | {fmt(p['rate'])} "
                          f"| {fmt(p['rate'] * gf)} | {fmt(100 * p['rate'] * gf / peak)} | {fmt(p['rate'] / row['model_only'], 2)} "
                          f"| {fmt(p['rate'] / r['naive'], 2)} |")
-    for e, row in r["engines"].items():
+    for row in r["engines"].values():
         lines.append(f"| (3') featurize wall: scan + model ({row['path']}) + loop + HDF5 write | {row['engine']} | {fmt(row['wall_rate'])} "
                      f"| | | {fmt(row['wall_rate'] / row['model_only'], 2)} | {fmt(row['wall_rate'] / r['naive'], 2)} |")
     if "tf" in r["engines"]:
@@ -726,7 +726,8 @@ def explore(args: argparse.Namespace) -> dict[str, Any]:
                 net.reshape({net.inputs[0]: ov.PartialShape([args.batch_size, h, w, 3])})
                 c = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": prec, "PERFORMANCE_HINT": "LATENCY"})
                 req = c.create_infer_request()
-                fn = (lambda b, req=req: next(iter(req.infer({0: b}).values())).copy())
+                def fn(b: np.ndarray, req: Any = req) -> np.ndarray:
+                    return next(iter(req.infer({0: b}).values())).copy()
                 runs[f"openvino {prec}"] = (lambda fn=fn: rate(fn, x, args.batch_size, sec))
                 notes[f"openvino {prec}"] = f"rel. error vs TF {engines.relative_error(fn(x[:args.batch_size]), ref):.1e}"
         runs["tf"] = lambda: rate(plain, x, args.batch_size, sec)
