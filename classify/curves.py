@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from featurize.atomic import atomic_path
+
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "",
                          best_epoch: int | None = None) -> Path:
@@ -47,8 +49,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

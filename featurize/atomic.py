@@ -9,12 +9,15 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, on any failure
-    (including Ctrl-C and disk full) it is removed and ``path`` keeps its old content."""
+    (including Ctrl-C and disk full) it is removed and ``path`` keeps its old content.
+
+    The name is per process (several writers never share a temp file); ``suffix`` ends it, for writers that choose
+    the format by the extension (``.keras``, ``.png``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

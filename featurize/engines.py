@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from featurize.atomic import atomic_path
 from featurize.options import choose
 from featurize.pipeline import cpu_threads
 
@@ -166,8 +167,6 @@ def _onnx_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, 
                 path.unlink()
             raise _Fallback(f"export disagrees with TF (relative error {err:.1e} > {tolerance:.0e})")
         if cache_dir is not None:
-            from featurize.atomic import atomic_path
-
             with atomic_path(_reference_path(path)) as tmp, open(tmp, "wb") as f:
                 np.save(f, ref)
         return forward
@@ -285,16 +284,13 @@ def export_onnx(model: Any, preprocess: Callable[[Any], Any], path: str | os.Pat
     def features(x: Any) -> Any:
         return model(preprocess(tf.cast(x, tf.float32)), training=False)
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     level = logging.getLogger("tf2onnx").level
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     try:
-        tf2onnx.convert.from_function(features, input_signature=spec, opset=OPSET, output_path=str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tf2onnx.convert.from_function(features, input_signature=spec, opset=OPSET, output_path=str(tmp))
     finally:
         logging.getLogger("tf2onnx").setLevel(level)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
     return path
 
 

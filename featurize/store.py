@@ -225,9 +225,8 @@ def open_journal(cache: Path, settings: dict[str, Any], *, adopt: bool = False) 
             shutil.rmtree(d)
     if not d.is_dir():
         d.mkdir(parents=True)
-        tmp = d / ".settings.json.tmp"
-        tmp.write_text(json.dumps(wanted, sort_keys=True))
-        os.replace(tmp, marker)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps(wanted, sort_keys=True))
     return d
 
 

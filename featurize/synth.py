@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from featurize.atomic import atomic_path
 from featurize.errors import DataError
 from featurize.options import choose
 from featurize.phantom import DEFAULT_SIZE, check_size, make_subject, render_slices
@@ -110,9 +110,8 @@ def _read_truth(out: Path) -> pd.DataFrame | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers never see a half-written marker
+    with atomic_path(path) as tmp:  # readers never see a half-written marker
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_dataset(out: str | Path, *, subjects_per_class: int = 6, slices_per_subject: int = 8,

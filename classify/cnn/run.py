@@ -42,6 +42,7 @@ from classify.cnn.spec import (
     fmt_secs,
 )
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
+from featurize.atomic import atomic_path
 from featurize.backbones import Backbone, get_backbone, weights_tag
 from featurize.config import dataset_dir, models_dir, report_path
 from featurize.errors import AlzmriError, DataError
@@ -384,10 +385,9 @@ def _save_model(model: Any, path: Path) -> None:
     from classify.cnn.keras_objects import keras
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the .keras suffix, so not featurize.atomic
     clone = keras.Model(model.inputs, model.outputs, name=model.name)  # same weights, no optimizer/metrics
-    clone.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the .keras suffix
+        clone.save(str(tmp))
 
 
 def _versions() -> dict[str, str]:
