@@ -5,11 +5,12 @@ Adding a backbone is one line in ``_REGISTRY``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -135,12 +136,9 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
 
     ``none`` gives a seeded random init so that ``predict`` can rebuild the very same network.
     """
-    import keras
-
     ctor = backbone.build_fn()
     shape = (size[1], size[0], 3)
     tag = weights_tag(weights)
-    keras.utils.set_random_seed(seed)
     if tag == "imagenet":
         try:
             return ctor(include_top=False, weights="imagenet", input_shape=shape)
@@ -152,7 +150,8 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
                 "put Keras's weight file in $KERAS_HOME/models (KERAS_HOME=...), or pass --weights PATH, or --weights none for random init"
             ) from None
     try:
-        model = ctor(include_top=False, weights=None, input_shape=shape)
+        with _seeded(seed):  # loaded weights overwrite the init; only random init needs the seed
+            model = ctor(include_top=False, weights=None, input_shape=shape)
     except ValueError as exc:
         raise AlzmriError(f"{backbone.name} cannot take input size {size[0]}x{size[1]} ({exc}); choose a larger --image-size") from None
     if tag.startswith("file-"):
@@ -161,6 +160,23 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
         except Exception as exc:  # noqa: BLE001 - h5py, Keras and ValueError alike mean "not this model's weights"
             raise WeightsError(f"{weights}: not a weights file for headless {backbone.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); save it with model.save_weights from the same architecture with include_top=False") from None
     return model
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Keras's global seed for a reproducible random init, with Python's and NumPy's global RNG states put back
+    afterwards (``keras.utils.set_random_seed`` reseeds all three, which is not the caller's business)."""
+    import random
+
+    import keras
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def feature_model(base: Any, layers: list[str], pooling: str, prefix: str = "") -> Any:

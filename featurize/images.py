@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 RESIZE_MODES = ("stretch", "pad")
-# A 12,000 x 12,000 slice is 144 Mpx; allow it, but refuse true decompression bombs.
-MAX_PIXELS = 300_000_000
 
 
 class ImageError(Exception):
@@ -60,22 +57,18 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int], resize: str = 
     try:
         if os.path.getsize(path) == 0:
             raise ImageError("zero-byte file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old_max, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
-            try:
-                with Image.open(path) as im:
-                    if im.format == "JPEG":
-                        # Decode huge JPEGs at a reduced scale: never hold a full-resolution copy.
-                        im.draft(im.mode if im.mode in ("L", "RGB") else None, (size[0] * 2, size[1] * 2))
-                    im.load()
-                    if im.mode == "L":
-                        # Every MRI slice: resize the one channel, then replicate it (same pixels, 1.8x faster).
-                        gray = np.asarray(_fit(im, size, resize), dtype=np.uint8)
-                        return np.stack([gray, gray, gray], axis=-1)
-                    rgb = _fit(_to_rgb(im), size, resize)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_max
+        # Pillow's own bomb check stays as it is (process-wide, so never changed here: the decode threads would
+        # race on it): it warns above Image.MAX_IMAGE_PIXELS (89 Mpx by default) and refuses above twice that.
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                # Decode huge JPEGs at a reduced scale: never hold a full-resolution copy.
+                im.draft(im.mode if im.mode in ("L", "RGB") else None, (size[0] * 2, size[1] * 2))
+            im.load()
+            if im.mode == "L":
+                # Every MRI slice: resize the one channel, then replicate it (same pixels, 1.8x faster).
+                gray = np.asarray(_fit(im, size, resize), dtype=np.uint8)
+                return np.stack([gray, gray, gray], axis=-1)
+            rgb = _fit(_to_rgb(im), size, resize)
     except ImageError:
         raise
     except UnidentifiedImageError:
