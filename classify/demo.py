@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from featurize.config import artifacts_dir
 
@@ -22,21 +22,21 @@ class DemoResult:
     report: Path
 
 
-def pick_weights(backbone: str, weights: str, log: Log) -> str:
-    """``weights`` if it loads; when ImageNet weights cannot be had, say so in one line and fall back to random init."""
-    if weights != "imagenet":
-        return weights
-    from featurize.backbones import build_base, get_backbone
-    from featurize.errors import WeightsError
+def featurize_or_fall_back(data: Path, *, backbone: str, weights: str, log: Log, **options: Any) -> tuple[Any, str]:
+    """Featurize with ``weights``; when ImageNet weights cannot be had, say so in one line and use random init.
 
-    bb = get_backbone(backbone)
+    The backbone is built once: the featurize run itself finds out whether the weights load."""
+    from featurize.errors import WeightsError
+    from featurize.run import featurize_dataset
+
     try:
-        build_base(bb, "imagenet", (bb.input_size, bb.input_size))
+        return featurize_dataset(data, backbone=backbone, weights=weights, log=log, **options), weights
     except WeightsError:
-        log(f"ImageNet weights for {backbone} are not available offline (set KERAS_HOME to a Keras cache that has them); "
-            "running with --weights none: every output is labelled random-init, which is NOT transfer learning")
-        return "none"
-    return "imagenet"
+        if weights != "imagenet":
+            raise
+    log(f"ImageNet weights for {backbone} are not available offline (set KERAS_HOME to a Keras cache that has them); "
+        "running with --weights none: every output is labelled random-init, which is NOT transfer learning")
+    return featurize_dataset(data, backbone=backbone, weights="none", log=log, **options), "none"
 
 
 def run_demo(artifacts: str | os.PathLike[str] | None = None, *, backbone: str = "mobilenetv2", weights: str = "imagenet",
@@ -48,7 +48,6 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, *, backbone: str =
     from classify.cnn import train_baseline
     from classify.run import classify_dataset, report_command
     from featurize.config import report_path
-    from featurize.run import featurize_dataset
     from featurize.summary import featurize_summary
     from featurize.synth import write_dataset
 
@@ -56,10 +55,9 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, *, backbone: str =
     data = art / "demo" / "synthetic-mri"
     log(f"[1/5] generating synthetic MRI slices: 4 stages x {subjects_per_class} subjects x {slices_per_subject} slices -> {data}")
     write_dataset(data, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, fmt="png", split="slice")
-    weights = pick_weights(backbone, weights, log)
-    log(f"[2/5] featurizing with {backbone} ({'ImageNet' if weights == 'imagenet' else 'random-init'} weights)")
-    res = featurize_dataset(data, backbone=backbone, weights=weights, image_size=image_size, subjects="auto",
-                            artifacts=art, progress=progress, log=log)
+    log(f"[2/5] featurizing with {backbone} ({'ImageNet' if weights == 'imagenet' else weights} weights)")
+    res, weights = featurize_or_fall_back(data, backbone=backbone, weights=weights, log=log, image_size=image_size,
+                                          subjects="auto", artifacts=art, progress=progress)
     log(featurize_summary(res))
     log("[3/5] scikit-learn heads on the cached features: official split (leaky, like Kaggle's) and subject-cv (honest)")
     for protocol in ("official", "subject-cv"):
