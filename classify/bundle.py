@@ -31,6 +31,7 @@ import numpy as np
 from featurize.atomic import write_bytes_durably
 from featurize.config import models_dir
 from featurize.errors import AlzmriError
+from featurize.store import SETTING_KEYS
 
 if TYPE_CHECKING:
     from classify.evaluate import EvalResult
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
 
 KEY_ENV = "ALZMRI_KEY_FILE"
 BUNDLE_FORMAT = 1
-BACKBONE_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers", "precision")
+# What predict needs to recompute the features: the cache's identity, plus the seed of a random init (a cache's name
+# leaves it out) and what its weights checksum covers.
+BACKBONE_KEYS = (*SETTING_KEYS, "seed", "weights_sha256_scope")
 DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official"}
 
 
