@@ -40,7 +40,7 @@ def record_last(*, data: str | os.PathLike[str], backbone: str, dataset_id: str,
                 artifacts: str | os.PathLike[str] | None = None) -> Path:
     """Record ``data`` and ``backbone`` as featurized last; returns the record's path."""
     body = {"data": str(Path(data).expanduser().resolve()), "backbone": backbone, "dataset_id": dataset_id,
-            "caches": [str(c) for c in caches], "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "caches": [str(Path(c).resolve()) for c in caches], "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = last_path(artifacts)
     write_bytes_durably(path, (json.dumps(body, indent=1) + "\n").encode())
     return path
