@@ -18,20 +18,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from classify.baseline import MODELS
-from classify.report import FORMATS as REPORT_FORMATS
-from classify.sweep import CRITERIA, sweep_lists
 from featurize.backbones import BACKBONES, POOLINGS
 from featurize.config import report_path
 from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
 from featurize.errors import AlzmriError
 from featurize.images import RESIZE_MODES
-from featurize.synth import FORMATS as IMAGE_FORMATS, SPLITS
 
-# classify.heads and classify.evaluate import scikit-learn (about 2 s), too slow for `--help` and `predict`'s start:
-# their names are repeated here, and tests/test_cli.py checks that they equal the library's.
-HEADS = ("logreg", "svm", "mlp")
-PROTOCOLS = ("official", "subject-cv", "slice-cv")
+# The modules that define these import scikit-learn (classify.heads, classify.evaluate: about 2 s) or pandas
+# (classify.report, classify.sweep, featurize.synth: about 0.5 s), too slow for every start of the CLI: the names
+# are repeated here, and tests/test_cli.py checks that they equal the library's.
+HEADS = ("logreg", "svm", "mlp")  # classify.heads.HEADS
+PROTOCOLS = ("official", "subject-cv", "slice-cv")  # classify.evaluate.PROTOCOLS
+REPORT_FORMATS = ("table", "csv", "markdown", "json")  # classify.report.FORMATS
+CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")  # classify.sweep.CRITERIA
+IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
+SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -279,7 +281,7 @@ def sweep(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Evaluate backbones x layers x heads x tasks under subject-cv; report the top 10, a nested estimate, and save the winner."""
-    from classify.sweep import format_sweep, run_sweep
+    from classify.sweep import format_sweep, run_sweep, sweep_lists
 
     backbone_list, layer_list, head_list, task_list = sweep_lists(backbones=backbones, layers=layers, heads=heads, tasks=tasks)
     results = _run(lambda: run_sweep(data, backbone_list, layer_list, head_list, task_list, weights=weights,
