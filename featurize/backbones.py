@@ -116,6 +116,9 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], seed: in
 
     ``none`` gives a seeded random init so that ``predict`` can rebuild the very same network.
     """
+    from featurize.tfquiet import import_tensorflow
+
+    import_tensorflow()  # this can be TF's first import (predict, demo): keep its C++ start-up chatter off the terminal
     import keras
 
     ctor = backbone.build_fn()

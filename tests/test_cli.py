@@ -208,3 +208,18 @@ def test_report_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_pa
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("dataset,") and ",logreg," in out.stdout
     assert tf is False
+
+
+@needs_onnx
+def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # the same signed bundle where no engines folder is beside it: predict must rebuild the backbone with TF
+    data, _, model = bundle
+    moved = tmp_path / "art" / "models" / model.parent.name
+    moved.mkdir(parents=True)
+    for p in (model, model.with_name(model.name + ".sig")):
+        (moved / p.name).write_bytes(p.read_bytes())
+    out, tf = run_cli(["predict", "--model", str(moved / model.name), str(data / "test"), "--csv"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert tf is True and len(out.stdout.strip().splitlines()) == 1 + 10
+    # TF's C++ start-up lines (absl, CUDA probing, oneDNN) must not reach the user's terminal
+    assert not [ln for ln in out.stderr.splitlines() if any(w in ln for w in ("absl", "cuda", "cuInit", "oneDNN"))], out.stderr
