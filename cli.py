@@ -73,6 +73,8 @@ class _Command(typer.core.TyperCommand):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # typer prints the help for it: not an error line
+                raise
             raise _usage_line(exc) from None
 
 
