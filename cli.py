@@ -1,11 +1,15 @@
-"""alzmri command line: a thin typer layer over the featurize and classify libraries."""
+"""alzmri command line: a thin typer layer over the featurize and classify libraries.
+
+``alzmri`` is the umbrella; ``featurize`` and ``classify`` are the same two commands installed as scripts of their own
+(the design card's form). Nothing here imports TensorFlow: the library does, quietly, only where it must.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -13,25 +17,103 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from classify.baseline import MODELS
+from featurize.backbones import BACKBONES, POOLINGS
 from featurize.config import report_path
+from featurize.devices import DEVICE_MODES, PRECISIONS
+from featurize.engines import ENGINES
 from featurize.errors import AlzmriError
+from featurize.images import RESIZE_MODES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Stage Alzheimer's disease from brain MRI slices with frozen CNN features, scikit-learn heads, and honest subject-aware evaluation.")
+# The modules that define these import scikit-learn (classify.heads, classify.evaluate: about 2 s) or pandas
+# (classify.report, classify.sweep, featurize.synth: about 0.5 s), too slow for every start of the CLI: the names
+# are repeated here, and tests/test_cli.py checks that they equal the library's.
+HEADS = ("logreg", "svm", "mlp")  # classify.heads.HEADS
+PROTOCOLS = ("official", "subject-cv", "slice-cv")  # classify.evaluate.PROTOCOLS
+REPORT_FORMATS = ("table", "csv", "markdown", "json")  # classify.report.FORMATS
+CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")  # classify.sweep.CRITERIA
+IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
+SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
+
+# Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
+# them again, since it is an entry point of its own.
+Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+Pooling = Literal[POOLINGS]  # type: ignore[valid-type]
+Resize = Literal[RESIZE_MODES]  # type: ignore[valid-type]
+Engine = Literal[ENGINES]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+Devices = Literal[DEVICE_MODES]  # type: ignore[valid-type]
+Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]
+ReportFormat = Literal[REPORT_FORMATS]  # type: ignore[valid-type]
+ImageFormat = Literal[IMAGE_FORMATS]  # type: ignore[valid-type]
+Split = Literal[SPLITS]  # type: ignore[valid-type]
+Criterion = Literal[CRITERIA]  # type: ignore[valid-type]
+CnnModel = Literal[MODELS]  # type: ignore[valid-type]
+
+# typer vendors click in recent versions; reach click's UsageError through an exported subclass
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+
+def _usage_line(exc: Exception) -> typer.Exit:
+    """Print a click usage error as one line (not typer's boxed panel); the Exit to raise (code 2)."""
+    msg = exc.format_message().replace("Value error, ", "")  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err.print(f"[bold red]error:[/] {escape(msg)}{escape(where)}", highlight=False, soft_wrap=True)
+    return typer.Exit(getattr(exc, "exit_code", 2))
+
+
+class _Command(typer.core.TyperCommand):
+    """A typer command whose usage errors (bad choice, missing option) are one line on stderr and exit 2."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # typer prints the help for it: not an error line
+                raise
+            raise _usage_line(exc) from None
+
+
+class _Group(typer.core.TyperGroup):
+    """The umbrella group, with the same one-line usage errors (an unknown command, say)."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except _UsageError as exc:
+            raise _usage_line(exc) from None
+
+
+def _one_of(choices: tuple[str, ...], *, extra: tuple[str, ...] = ()) -> Callable[[str], str]:
+    """A typer parser for a comma list drawn from ``choices`` (plus ``extra`` words such as ``all``)."""
+    valid = (*choices, *extra)
+
+    def parse(text: str) -> str:
+        items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+        bad = [t for t in items if t not in valid] or ([] if items else [str(text)])
+        if bad:
+            raise typer.BadParameter(f"{bad[0]!r} is not one of {', '.join(map(repr, valid))} (a comma list is allowed)")
+        return ",".join(items)
+
+    return parse
+
+
+def _metavar(choices: tuple[str, ...], *, extra: tuple[str, ...] = ()) -> str:
+    return f"<{'|'.join((*choices, *extra))}>,..."
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Stage Alzheimer's disease from brain MRI slices with frozen CNN features, scikit-learn heads, and honest subject-aware evaluation.")
 ArtifactsOpt = typer.Option(None, "--artifacts", help="Output folder for everything (default: $ALZMRI_ARTIFACTS or ./artifacts).")
 DataOpt = typer.Option(..., "--data", help="Data root (ROOT/{train,test}/<Class>/*, or ROOT/<Class>/*) or a CSV manifest path,label[,split,subject].")
 SubjectsOpt = typer.Option("auto", "--subjects", help="auto (manifest column, else inferred) | infer | column | regex:PATTERN | none.")
-PrecisionOpt = typer.Option("float32", "--precision", help="float32 | mixed (float16 on GPU, bfloat16 on CPU; TF engine; see docs/gpu.md).")
-DevicesOpt = typer.Option("auto", "--devices", help="auto (mirrored over all GPUs when there are 2+) | one | mirrored (TF engine; see docs/gpu.md).")
-
-
-def _quiet_tf() -> None:
-    from featurize.tfquiet import import_tensorflow
-
-    import_tensorflow()
+PrecisionOpt = typer.Option("float32", "--precision", help="mixed: float16 on GPU, bfloat16 on CPU (TF engine; see docs/gpu.md).")
+DevicesOpt = typer.Option("auto", "--devices", help="auto: mirrored over all GPUs when there are 2+ (TF engine; see docs/gpu.md).")
+ProtocolOpt = typer.Option("official", "--protocol", help="official: the data's own test split; subject-cv: whole subjects held out; slice-cv: random slices (leaky).")
 
 
 def _say(msg: str) -> None:
@@ -60,19 +142,19 @@ def _root() -> None:
     """Stage Alzheimer's disease from brain MRI slices."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def featurize(
     data: Optional[str] = typer.Option(None, "--data", help="Data root or CSV manifest."),
-    backbone: str = typer.Option("mobilenetv2", "--backbone", "-b", help="Backbone name (see --list)."),
+    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False, help="Backbone (--list shows inputs and widths)."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none (random init) | PATH to a Keras weights file."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT, e.g. 176x208 (native); default: the backbone's."),
-    pooling: str = typer.Option("avg", "--pooling", help="avg | max global pooling."),
-    resize: str = typer.Option("stretch", "--resize", help="stretch | pad (keep aspect, pad with black)."),
-    layers: list[str] = typer.Option(["last"], "--layers", help="last | mid | multi | LAYER,... (pooled, concatenated); repeat the option to cache several choices in one pass."),
+    pooling: Pooling = typer.Option("avg", "--pooling", help="Global pooling."),
+    resize: Resize = typer.Option("stretch", "--resize", help="stretch, or pad: keep the aspect, pad with black."),
+    layers: list[str] = typer.Option(["last"], "--layers", metavar="<last|mid|multi|LAYER,...>", help="Layer choice (pooled, concatenated); repeat the option to cache several choices in one pass."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per inference batch."),
-    engine: str = typer.Option("auto", "--engine", help="auto (OpenVINO or ONNX Runtime on CPU when installed, else TF) | tf | onnx | openvino."),
-    precision: str = PrecisionOpt,
-    devices: str = DevicesOpt,
+    engine: Engine = typer.Option("auto", "--engine", case_sensitive=False, help="auto: OpenVINO or ONNX Runtime on CPU when installed, else TF."),
+    precision: Precision = PrecisionOpt,
+    devices: Devices = DevicesOpt,
     classes: Optional[str] = typer.Option(None, "--classes", help="Class order A,B,C (default: severity order for the Kaggle stages, else alphabetical)."),
     subjects: str = SubjectsOpt,
     artifacts: Optional[str] = ArtifactsOpt,
@@ -89,24 +171,34 @@ def featurize(
         return
     if not data:
         _fail("featurize needs --data ROOT (or --list to see the backbones)")
+    from featurize.latest import record_last
     from featurize.run import featurize_layers
     from featurize.summary import featurize_summary
 
-    results = _run(lambda: featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-                                            resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
-                                            subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
-                                            engine=engine, precision=precision, devices=devices))
+    def go() -> Any:
+        res = featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
+                               resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
+                               subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
+                               engine=engine, precision=precision, devices=devices)
+        # for `classify` without --data: a cached rerun counts too, it is what the user ran last
+        record_last(data=data, backbone=str(res[0].settings["backbone"]), dataset_id=res[0].dataset.dataset_id,
+                    caches=[r.cache for r in res], artifacts=artifacts)
+        return res
+
+    results = _run(go)
     for res in results:
         out.print(featurize_summary(res, with_subjects=res is results[-1]), highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def classify(
-    data: str = DataOpt,
-    backbone: str = typer.Option("all", "--backbone", "-b", help="A cached backbone, or all."),
-    head: str = typer.Option("all", "--head", help="logreg | svm | mlp | all (comma list allowed)."),
-    layers: str = typer.Option("all", "--layers", help="Which cached layer choice: last | mid | multi | LAYER,... | all."),
-    protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data root or CSV manifest (default: the data featurized last in --artifacts, and its backbone)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", parser=_one_of(tuple(BACKBONES), extra=("all",)),
+                                           metavar=_metavar(tuple(BACKBONES), extra=("all",)),
+                                           help="Cached backbones to use (default: all; without --data, the one featurized last)."),
+    head: str = typer.Option("all", "--head", parser=_one_of(HEADS, extra=("all",)), metavar=_metavar(HEADS, extra=("all",)), help="Heads to train."),
+    layers: str = typer.Option("all", "--layers", metavar="<all|last|mid|multi|LAYER,...>", help="Which cached layer choice."),
+    protocol: Protocol = ProtocolOpt,
     task: str = typer.Option("stages", "--label-map", "--task", help="stages | binary | OLD=NEW,...,*=NEW."),
     permutation: int = typer.Option(0, "--permutation", min=0, help="Refit N times with labels shuffled by subject: chance score and p-value."),
     by_subject: bool = typer.Option(False, "--by-subject", help="Decide per subject (mean slice probabilities) in the confusion plots."),
@@ -119,6 +211,13 @@ def classify(
     from classify.report import format_report
     from classify.run import classify_dataset
 
+    if not data:
+        from featurize.latest import last_featurized, last_path
+
+        last = _run(lambda: last_featurized(artifacts))
+        data, backbone = last.data, backbone or last.backbone
+        _say(f"classify: --data {data} --backbone {backbone} (featurized last, per {last_path(artifacts)})")
+    backbone = backbone or "all"
     df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
                                        progress=not no_progress, task=task, log=_say, layers=layers))
@@ -127,9 +226,9 @@ def classify(
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json."),
+    fmt: ReportFormat = typer.Option("table", "--format", help="table: compact, best first; csv and json: every column."),
     artifacts: Optional[str] = ArtifactsOpt,
 ) -> None:
     """Print report.csv sorted by balanced accuracy, and redraw the plots."""
@@ -138,20 +237,20 @@ def report(
     out.print(_run(lambda: report_command(artifacts, fmt=fmt)), highlight=False, markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def baseline(
     data: str = DataOpt,
-    model: str = typer.Option("scratch", "--model", help="scratch (compact CNN, random init) | finetune (pretrained backbone)."),
-    backbone: str = typer.Option("mobilenetv2", "--backbone", "-b", help="Backbone for --model finetune."),
+    model: CnnModel = typer.Option("scratch", "--model", help="scratch: compact CNN, random init; finetune: a pretrained backbone."),
+    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False, help="Backbone for --model finetune."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH (finetune)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x192 finetune)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default per model)."),
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
     unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    precision: str = PrecisionOpt,
-    devices: str = DevicesOpt,
-    protocol: str = typer.Option("official", "--protocol", help="official | subject-cv | slice-cv."),
+    precision: Precision = PrecisionOpt,
+    devices: Devices = DevicesOpt,
+    protocol: Protocol = ProtocolOpt,
     subjects: str = SubjectsOpt,
     classes: Optional[str] = typer.Option(None, "--classes"),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -159,50 +258,42 @@ def baseline(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
-    _quiet_tf()
     from classify.cnn import train_baseline
 
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
                                       protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
                                       seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices))
-    out.print(res.summary() if hasattr(res, "summary") else str(res), highlight=False, markup=False)
+    out.print(res.summary(), highlight=False, markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def sweep(
     data: str = DataOpt,
-    backbones: str = typer.Option("mobilenetv2", "--backbones", help="Comma list of backbones."),
+    backbones: str = typer.Option("mobilenetv2", "--backbones", parser=_one_of(tuple(BACKBONES)), metavar=_metavar(tuple(BACKBONES)), help="Backbones to sweep."),
     layers: str = typer.Option("last,mid,multi", "--layers", help="Semicolon or comma list of layer choices: last, mid, multi (or LAYER+LAYER)."),
-    heads: str = typer.Option("all", "--heads", help="Comma list of heads, or all."),
+    heads: str = typer.Option("all", "--heads", parser=_one_of(HEADS, extra=("all",)), metavar=_metavar(HEADS, extra=("all",)), help="Heads to sweep."),
     tasks: str = typer.Option("stages,binary", "--task", help="Comma list of tasks: stages, binary (label maps with ';' between tasks)."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH, or per backbone: mobilenetv2=imagenet,*=none."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for every backbone."),
-    criterion: str = typer.Option("balanced_accuracy", "--criterion", help="balanced_accuracy | subject_balanced_accuracy | roc_auc | subject_roc_auc."),
+    criterion: Criterion = typer.Option("balanced_accuracy", "--criterion", help="What picks the winner."),
     n_jobs: int = typer.Option(2, "--n-jobs", min=1),
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Evaluate backbones x layers x heads x tasks under subject-cv; report the top 10, a nested estimate, and save the winner."""
-    _quiet_tf()
-    from classify.sweep import format_sweep, run_sweep
+    from classify.sweep import format_sweep, run_sweep, sweep_lists
 
-    def split(text: str, seps: str = ",") -> list[str]:
-        for sep in seps[1:]:
-            text = text.replace(sep, seps[0])
-        return [t.strip() for t in text.split(seps[0]) if t.strip()]
-
-    task_list = split(tasks, ";") if ";" in tasks or "=" in tasks else split(tasks)
-    layer_list = split(layers, ";") if ";" in layers else split(layers)
-    results = _run(lambda: run_sweep(data, backbones=split(backbones), layers=layer_list, heads=split(heads),
-                                     tasks=task_list, weights=weights, image_size=image_size, criterion=criterion,
-                                     artifacts=artifacts, n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say))
+    backbone_list, layer_list, head_list, task_list = sweep_lists(backbones=backbones, layers=layers, heads=heads, tasks=tasks)
+    results = _run(lambda: run_sweep(data, backbones=backbone_list, layers=layer_list, heads=head_list, tasks=task_list,
+                                     weights=weights, image_size=image_size, criterion=criterion, artifacts=artifacts,
+                                     n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def subjects(
     data: str = DataOpt,
     mode: str = typer.Option("infer", "--subjects", help="infer (cluster near-duplicate slices) | column | regex:PATTERN."),
@@ -218,14 +309,14 @@ def subjects(
     out.print(f"written: {path}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def synth(
     out_dir: str = typer.Option(..., "--out", help="Folder to write the Kaggle layout into."),
     subjects_per_class: int = typer.Option(6, "--subjects-per-class", min=1, help="Synthetic subjects per stage."),
     slices_per_subject: int = typer.Option(8, "--slices-per-subject", min=1, help="Adjacent axial slices per subject."),
     size: str = typer.Option("176x208", "--size", help="WIDTHxHEIGHT."),
-    fmt: str = typer.Option("png", "--format", help="png | jpg."),
-    split: str = typer.Option("slice", "--split", help="slice (leaky, like Kaggle) | subject (whole subjects in test)."),
+    fmt: ImageFormat = typer.Option("png", "--format", help="Image file format."),
+    split: Split = typer.Option("slice", "--split", help="slice: leaky, like Kaggle; subject: whole subjects in test."),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """Generate deterministic brain-MRI-like slices of four dementia stages (no download needed)."""
@@ -237,7 +328,8 @@ def synth(
             wh = parse_size(size)
         except ValueError as exc:
             raise AlzmriError(str(exc)) from None
-        return write_dataset(out_dir, subjects_per_class, slices_per_subject, wh, fmt, split, seed=seed)
+        return write_dataset(out_dir, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, size=wh,
+                             fmt=fmt, split=split, seed=seed)
 
     truth = _run(go)
     from featurize.synth import CLASS_NAMES
@@ -247,17 +339,16 @@ def synth(
     out.print(counts.to_string(), highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     artifacts: Optional[str] = ArtifactsOpt,
-    backbone: str = typer.Option("mobilenetv2", "--backbone", "-b"),
+    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet (falls back to none, labelled, when offline) | none | PATH."),
     subjects_per_class: int = typer.Option(8, "--subjects-per-class", min=2),
     epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs of the scratch CNN."),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Run the whole pipeline on built-in synthetic MRI data and print the report."""
-    _quiet_tf()
     from classify.demo import run_demo
 
     res = _run(lambda: run_demo(artifacts, backbone=backbone, weights=weights, subjects_per_class=subjects_per_class,
@@ -266,7 +357,7 @@ def demo(
     out.print(f"report: {res.report}   (alzmri report --artifacts ... to see it again; plots beside it)", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images."),
     model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` or a .keras model from `baseline`."),
@@ -277,11 +368,11 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
     """Predict the stage of new slices with a saved model (never needs the training data)."""
-    _quiet_tf()
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    table, subjects = _run(lambda: predict_paths(model, inputs, batch_size, weights, by_subject, progress=fmt == "table", log=_say))
+    table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
+                                                 progress=fmt == "table", log=_say))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)
@@ -290,9 +381,30 @@ def predict(
         _say(f"{n_bad} file(s) could not be read (see the error column)")
 
 
+def _single(command: Callable[..., None]) -> typer.Typer:
+    """A typer app holding one of the umbrella's commands, the very same function: same options, same help."""
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    one.command(cls=_Command)(command)
+    return one
+
+
+featurize_app = _single(featurize)
+classify_app = _single(classify)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point of `alzmri`."""
     app()
+
+
+def featurize_main() -> None:
+    """Console-script entry point of `featurize` (the same command as `alzmri featurize`)."""
+    featurize_app(prog_name="featurize")
+
+
+def classify_main() -> None:
+    """Console-script entry point of `classify` (the same command as `alzmri classify`)."""
+    classify_app(prog_name="classify")
 
 
 if __name__ == "__main__":

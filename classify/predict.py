@@ -47,7 +47,7 @@ def _weights_arg(tag: str, weights: str | None) -> str:
     return weights
 
 
-def bundle_features(spec: dict[str, Any], files: list[str], batch_size: int = 32, weights: str | None = None,
+def bundle_features(spec: dict[str, Any], files: list[str], *, batch_size: int = 32, weights: str | None = None,
                     progress: bool = False, engines: str | os.PathLike[str] | None = None,
                     log: Log = lambda s: None) -> tuple[np.ndarray, list[str]]:
     """Run the bundle's backbone on ``files`` in memory: from the model card and verified ONNX export in ``engines``
@@ -121,7 +121,7 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
     return make_forward(model, bb.preprocess_fn(), batch_size)
 
 
-def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], batch_size: int = 32,
+def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
                   weights: str | None = None, by_subject: str | None = None, progress: bool = False,
                   log: Log = lambda s: None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
@@ -146,7 +146,8 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         # a bundle in artifacts/models/<dataset>/ finds the exports and model cards in artifacts/engines/
         parents = path.resolve().parents
         engines = parents[2] / "engines" if len(parents) > 2 else None
-        X, errors = bundle_features(bundle.backbone, files, batch_size, weights, progress, engines=engines, log=log)
+        X, errors = bundle_features(bundle.backbone, files, batch_size=batch_size, weights=weights, progress=progress,
+                                    engines=engines, log=log)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():

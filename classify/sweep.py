@@ -178,3 +178,16 @@ def format_sweep(res: SweepResult, *, top: int = 10) -> str:
              f"(per fold, the combination with the best inner-CV score: {', '.join(dict.fromkeys(res.nested_choices))})",
              f"saved for predict: {res.model_path}"]
     return "\n".join(lines)
+
+
+def _split(text: str, sep: str) -> list[str]:
+    return [t.strip() for t in text.split(sep) if t.strip()]
+
+
+def sweep_lists(*, backbones: str, layers: str, heads: str, tasks: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The command line's lists for ``run_sweep``: backbones and heads split on commas; layer choices on ``;`` when
+    there is one (a choice may be ``LAYER,LAYER``), else on commas; tasks on ``;`` when there is one or a label map
+    (``A=x,B=y`` has commas of its own), else on commas."""
+    task_sep = ";" if ";" in tasks or "=" in tasks else ","
+    return (_split(backbones, ","), _split(layers, ";" if ";" in layers else ","), _split(heads, ","),
+            _split(tasks, task_sep))

@@ -136,6 +136,9 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed:
 
     ``none`` gives a seeded random init so that ``predict`` can rebuild the very same network.
     """
+    from featurize.tfquiet import import_tensorflow
+
+    import_tensorflow()  # this can be TF's first import (predict, demo): keep its C++ start-up chatter off the terminal
     ctor = backbone.build_fn()
     shape = (size[1], size[0], 3)
     tag = weights_tag(weights)

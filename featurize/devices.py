@@ -51,6 +51,7 @@ def precision_policy(precision: str) -> Iterator[str]:
     with, so a model built inside the block still computes in mixed precision after it.
     """
     name = policy_name(precision)
+    _tf()  # the first TF import of predict's TF path: quietly
     import keras
 
     previous = keras.mixed_precision.global_policy()

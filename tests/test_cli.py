@@ -1,0 +1,226 @@
+"""The command line: choices listed in --help, one-line usage errors with exit 2, bad data exit 3, and no TensorFlow
+import in the CLI for predict on a model card, a fully cached featurize, and report (run as real subprocesses)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from classify.baseline import MODELS
+from classify.evaluate import PROTOCOLS
+from classify.heads import HEADS
+from classify.report import FORMATS as REPORT_FORMATS
+from classify.sweep import CRITERIA, sweep_lists
+from featurize.backbones import BACKBONES, POOLINGS
+from featurize.devices import DEVICE_MODES, PRECISIONS
+from featurize.engines import ENGINES
+from featurize.images import RESIZE_MODES
+from featurize.synth import FORMATS as IMAGE_FORMATS
+from featurize.synth import SPLITS
+from tests.conftest import write_images
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = tuple(BACKBONES)
+
+# every command, with the closed sets its --help must list (taken from the library, not from cli.py)
+CHOICES: dict[str, list[tuple[str, ...]]] = {
+    "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES],
+    "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS],
+    "report": [REPORT_FORMATS],
+    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS],
+    "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
+    "subjects": [],
+    "synth": [IMAGE_FORMATS, SPLITS],
+    "demo": [NAMES],
+    "predict": [],
+}
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner whose help is rendered wide enough that no choice list is wrapped."""
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 1000)
+    return CliRunner()
+
+
+def test_every_command_is_covered() -> None:
+    assert sorted(c.name or c.callback.__name__ for c in cli.app.registered_commands) == sorted(CHOICES)
+
+
+@pytest.mark.parametrize("command", sorted(CHOICES))
+def test_help_lists_the_choices(runner: CliRunner, command: str) -> None:
+    res = runner.invoke(cli.app, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    for choices in CHOICES[command]:
+        assert "|".join(choices) in res.output, (command, choices)
+
+
+def test_mirrored_names_equal_the_library() -> None:
+    # cli.py repeats these to stay free of scikit-learn and pandas at start-up; they must not drift
+    assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS) == (
+        tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS))
+
+
+@pytest.mark.parametrize("args, option", [
+    (["featurize", "--data", ".", "--pooling", "mean"], "--pooling"),
+    (["featurize", "--data", ".", "--engine", "cuda"], "--engine"),
+    (["classify", "--data", ".", "--head", "logreg,forest"], "--head"),
+    (["classify", "--data", ".", "--protocol", "kfold"], "--protocol"),
+    (["classify", "--data", ".", "--backbone", "alexnet"], "--backbone"),
+    (["report", "--format", "xml"], "--format"),
+    (["baseline", "--data", ".", "--model", "transformer"], "--model"),
+    (["sweep", "--data", ".", "--criterion", "accuracy"], "--criterion"),
+    (["sweep", "--data", ".", "--backbones", "mobilenetv2,alexnet"], "--backbones"),
+    (["synth", "--out", ".", "--split", "random"], "--split"),
+    (["demo", "--backbone", "alexnet"], "--backbone"),
+    (["predict", "x.png"], "--model"),
+])
+def test_bad_choice_is_one_line_and_exit_2(runner: CliRunner, args: list[str], option: str, tmp_path: Path) -> None:
+    res = runner.invoke(cli.app, [*args], env={"ALZMRI_ARTIFACTS": str(tmp_path)})
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and option in lines[0], res.stderr
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_unknown_command_is_one_line(runner: CliRunner) -> None:
+    res = runner.invoke(cli.app, ["featurise"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "featurise" in res.stderr
+
+
+def test_comma_lists_and_case_are_accepted(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def fake(data: str, **kw: object) -> object:
+        seen.update(kw, data=data)
+        raise cli.AlzmriError("stop here")
+
+    monkeypatch.setattr("classify.run.classify_dataset", fake)
+    res = runner.invoke(cli.app, ["classify", "--data", str(tmp_path), "--head", "SVM, logreg", "-b", "MobileNetV2",
+                                  "--artifacts", str(tmp_path)])
+    assert res.exit_code == 2 and "stop here" in res.stderr
+    assert seen["heads"] == "svm,logreg" and seen["backbone"] == "mobilenetv2"
+
+
+def test_bad_data_exits_3(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(cli.app, ["featurize", "--data", str(tmp_path / "missing"), "--artifacts", str(tmp_path / "a")])
+    assert res.exit_code == 3 and "missing" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_missing_cache_exits_4(runner: CliRunner, tmp_path: Path) -> None:
+    write_images(tmp_path / "data")
+    res = runner.invoke(cli.app, ["classify", "--data", str(tmp_path / "data"), "--artifacts", str(tmp_path / "a")])
+    assert res.exit_code == 4 and "featurize --data" in res.stderr
+
+
+def test_sweep_lists() -> None:
+    assert sweep_lists(backbones="a, b", layers="last,mid", heads="svm", tasks="stages,binary") == (
+        ["a", "b"], ["last", "mid"], ["svm"], ["stages", "binary"])
+    # a layer choice of several layers, and a label map, carry commas of their own
+    assert sweep_lists(backbones="a", layers="x,y;last", heads="all", tasks="A=p,*=q;stages") == (
+        ["a"], ["x,y", "last"], ["all"], ["A=p,*=q", "stages"])
+    assert sweep_lists(backbones="a", layers="last", heads="all", tasks="A=p,*=q")[3] == ["A=p,*=q"]
+
+
+def test_importing_the_cli_imports_no_tensorflow_sklearn_or_pandas() -> None:
+    code = "import json, sys, cli; print(json.dumps([m in sys.modules for m in ('tensorflow', 'keras', 'sklearn', 'pandas')]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, False, False, False]
+
+
+# --- the real CLI in a subprocess: which commands import TensorFlow ---------------------------------------------
+
+needs_onnx = pytest.mark.skipif(not (importlib.util.find_spec("onnxruntime") or importlib.util.find_spec("openvino"))
+                                or importlib.util.find_spec("tf2onnx") is None,
+                                reason="needs the onnx extra (an ONNX runtime and tf2onnx) for exports and model cards")
+
+# Runs cli.py as `python cli.py ARGS` would (runpy, __main__), then writes whether TF got imported to a file.
+_WRAPPER = """
+import atexit, json, runpy, sys
+flag, args = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(flag, "w").write(json.dumps("tensorflow" in sys.modules)))
+sys.argv = ["cli.py", *args]
+runpy.run_path("cli.py", run_name="__main__")
+"""
+
+
+def run_cli(args: list[str], tmp: Path) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """Run the real CLI in a fresh interpreter; (the process, whether tensorflow was imported)."""
+    flag = tmp / f"tf-{len(list(tmp.glob('tf-*')))}.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "-1"}  # no GPU: the card path applies
+    out = subprocess.run([sys.executable, "-c", _WRAPPER, str(flag), *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    return out, json.loads(flag.read_text())
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(data, artifacts, bundle): featurized once with TF (engine auto leaves the export and card), then logreg."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data, art = tmp / "data", tmp / "artifacts"
+    write_images(data)
+    common = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "32x32", "--subjects", "none"]
+    out, tf = run_cli(["featurize", "--data", str(data), *common, "--artifacts", str(art), "--no-progress"], tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert tf  # the first run must build the backbone; this is what the later runs avoid
+    if not list((art / "engines").glob("*.card.json")):
+        pytest.skip(f"no model card was written (no ONNX export on this machine): {out.stderr[-500:]}")
+    out, _ = run_cli(["classify", "--data", str(data), "--head", "logreg", "--artifacts", str(art), "--no-progress"], tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = (art / "models").glob("*/*logreg*.joblib")
+    return data, art, path
+
+
+@needs_onnx
+def test_predict_on_a_model_card_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data, _, model = bundle
+    out, tf = run_cli(["predict", "--model", str(model), str(data / "test"), "--csv"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = out.stdout.strip().splitlines()
+    assert rows[0].startswith("file,predicted") and len(rows) == 1 + 10
+    assert tf is False
+
+
+@needs_onnx
+def test_a_fully_cached_featurize_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data, art, _ = bundle
+    out, tf = run_cli(["featurize", "--data", str(data), "--backbone", "mobilenetv2", "--weights", "none",
+                       "--image-size", "32x32", "--subjects", "none", "--artifacts", str(art), "--no-progress"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "processed 0, reused 20" in out.stdout
+    assert tf is False
+
+
+@needs_onnx
+def test_report_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, art, _ = bundle
+    out, tf = run_cli(["report", "--format", "csv", "--artifacts", str(art)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("dataset,") and ",logreg," in out.stdout
+    assert tf is False
+
+
+@needs_onnx
+def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # the same signed bundle where no engines folder is beside it: predict must rebuild the backbone with TF
+    data, _, model = bundle
+    moved = tmp_path / "art" / "models" / model.parent.name
+    moved.mkdir(parents=True)
+    for p in (model, model.with_name(model.name + ".sig")):
+        (moved / p.name).write_bytes(p.read_bytes())
+    out, tf = run_cli(["predict", "--model", str(moved / model.name), str(data / "test"), "--csv"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert tf is True and len(out.stdout.strip().splitlines()) == 1 + 10
+    # TF's C++ start-up lines (absl, CUDA probing, oneDNN) must not reach the user's terminal
+    assert not [ln for ln in out.stderr.splitlines() if any(w in ln for w in ("absl", "cuda", "cuInit", "oneDNN"))], out.stderr
