@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from classify.baseline import MODELS
+from classify.cnn.spec import MODELS
 from featurize.backbones import BACKBONES, POOLINGS
 from featurize.config import report_path
 from featurize.devices import DEVICE_MODES, PRECISIONS

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from classify.baseline import MODELS
-from classify.evaluate import PROTOCOLS
+from classify.cnn.spec import MODELS
 from classify.heads import HEADS
+from classify.protocols import PROTOCOLS
 from classify.report import FORMATS as REPORT_FORMATS
 from classify.sweep import CRITERIA, sweep_lists
 from featurize.backbones import BACKBONES, POOLINGS
