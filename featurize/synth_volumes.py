@@ -194,7 +194,7 @@ def write_volume_dataset(out: str | Path, *, fmt: str = "nifti", layout: str = "
                          extra_series: tuple[str, ...] = ()) -> pd.DataFrame:
     """Write labelled synthetic volumes under ``out`` and return the truth table (path, label, subject, session).
 
-    ``layout="folders"``: ``OUT/<Class>/<subject>[_ses-N].nii.gz`` (or ``.hdr``, or a DICOM folder per scan);
+    ``layout="folders"``: ``OUT/<Class>/sub-<id>[_ses-N].nii.gz`` (or ``.hdr``, or a DICOM folder per scan);
     ``layout="bids"``: ``OUT/sub-<id>/[ses-N/]anat/sub-<id>[_ses-N]_T1w.nii.gz`` with participants.tsv (diagnosis).
     """
     if layout not in LAYOUTS:
@@ -224,7 +224,7 @@ def write_volume_dataset(out: str | Path, *, fmt: str = "nifti", layout: str = "
                     path = write_scan(folder / stem, anatomy, fmt=fmt, patient_id=subject, rng=rng, spec=spec)
                 else:
                     (out / label).mkdir(exist_ok=True)
-                    stem = "_".join(t for t in (subject, ses_tag) if t)
+                    stem = "_".join(t for t in (f"sub-{subject}", ses_tag) if t)  # BIDS-style entities name the subject
                     path = write_scan(out / label / stem, anatomy, fmt=fmt, patient_id=subject, rng=rng, spec=spec,
                                       shuffle=shuffle, extra_series=extra_series)
                 rows.append({"path": path.relative_to(out).as_posix(), "label": label, "subject": subject,

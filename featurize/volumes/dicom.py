@@ -253,7 +253,8 @@ def read_series(s: Series) -> Volume:
     lps[:3, 3] = first
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM patient space is LPS; nibabel's is RAS
     h0 = s.headers[kept[0]]
-    return Volume(data=data, affine=affine, files=tuple(s.files[i] for i in kept), name=s.label, slope=slope,
+    # Every file of the series is hashed, duplicates too, so the key matches the dataset table's.
+    return Volume(data=data, affine=affine, files=tuple(s.files), name=s.label, slope=slope,
                   inter=inter, patient_id=str(h0.get("PatientID", "")).strip(),
                   session=str(h0.get("StudyDate", "")).strip(), series_uid=s.uid, description=s.description,
                   notes=notes)

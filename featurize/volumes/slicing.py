@@ -22,7 +22,7 @@ _VIEW_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_PERCENTILES = (0.5, 99.5)
 # Percentiles from a strided sample: ~2M voxels pin the 0.5th/99.5th to well under one grey level of 255.
 _SAMPLE_VOXELS = 2_000_000
-_SLAB_VOXELS = 4_000_000
+_SLAB_VOXELS = 1_000_000
 # A slice belongs to the foreground extent when it holds at least this fraction of the fullest slice's foreground:
 # isolated noise voxels above or below the head then do not stretch the extent.
 _EXTENT_FRACTION = 0.02
@@ -82,9 +82,13 @@ def to_uint8(vol: Volume, *, percentiles: tuple[float, float] = DEFAULT_PERCENTI
             if n_bad:
                 bad += n_bad
                 slab[nonfinite] = 0.0
-        slab = (slab * np.float32(vol.slope) + np.float32(vol.inter - lo)) * gain
+        # In place: each temporary here would be another slab of float32.
+        slab *= np.float32(vol.slope)
+        slab += np.float32(vol.inter - lo)
+        slab *= gain
         np.clip(slab, 0, 255, out=slab)
-        u8 = np.rint(slab).astype(np.uint8)
+        np.rint(slab, out=slab)
+        u8 = slab.astype(np.uint8)
         out[:, :, k0:k0 + u8.shape[2]] = u8
         hist += np.bincount(u8.reshape(-1), minlength=256)
     if bad:
@@ -168,7 +172,8 @@ def cut(prep: Prepared, view: str, index: int) -> np.ndarray:
     if view not in _VIEW_AXIS:
         raise DataError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     axis = _VIEW_AXIS[view]
-    arr = np.take(prep.data, index, axis=axis)
+    # Basic indexing is a view; np.take would first copy a non-C-contiguous (F-order or flipped) volume whole.
+    arr = prep.data[(slice(None),) * axis + (index,)]
     in_plane = [s for i, s in enumerate(prep.spacing) if i != axis]
     # rot90 turns (first in-plane axis, second) into rows = second axis reversed, so A or S is at the top.
     img = np.ascontiguousarray(np.rot90(arr))
