@@ -140,7 +140,8 @@ def list_series(folder: str | Path, *, series: str | None = None) -> tuple[list[
         try:
             ds = dcmread(f, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-            notes.append(f"{f}: not a readable DICOM file ({' '.join(str(exc).split())[:120]}), skipped")
+            reason = " ".join(str(exc).split()).split(". ")[0][:120] or type(exc).__name__
+            notes.append(f"{f}: not a readable DICOM file ({reason}), skipped")
             continue
         if not _is_image(ds):
             non_image[_sop_name(ds)].append(f.name)
