@@ -43,11 +43,15 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
+def _one_per_pair(paths: list[Path]) -> list[Path]:
+    """An Analyze pair counts once, by its .hdr; other paths pass through."""
+    hdr_stems = {str(p)[: -len(volume_suffix(p))] for p in paths if volume_suffix(p).startswith(".hdr")}
+    return [p for p in paths if not (volume_suffix(p).startswith(".img") and str(p)[: -len(volume_suffix(p))] in hdr_stems)]
+
+
 def _volume_files(folder: Path) -> list[Path]:
-    """Volume files under ``folder``; an Analyze pair counts once (by its .hdr)."""
-    found = sorted(p for p in folder.rglob("*") if _visible(p) and p.is_file() and volume_suffix(p))
-    hdr_stems = {str(p)[: -len(volume_suffix(p))] for p in found if volume_suffix(p).startswith(".hdr")}
-    return [p for p in found if not (volume_suffix(p).startswith(".img") and str(p)[: -len(volume_suffix(p))] in hdr_stems)]
+    """Volume files under ``folder``."""
+    return _one_per_pair(sorted(p for p in folder.rglob("*") if _visible(p) and p.is_file() and volume_suffix(p)))
 
 
 def _images_2d(folder: Path) -> list[Path]:
@@ -85,12 +89,20 @@ def _scan_rows(target: Path, root: Path, label: str, split: str, problems: list[
     base = {"abspath": str(target), "path": rel, "label": label, "split": split}
     if target.is_file() or volume_suffix(target):
         suffix = volume_suffix(target)
-        if suffix.startswith(".img") and not Path(str(target)[: -len(suffix)] + suffix.replace(".img", ".hdr")).exists():
-            problems.append(f"{target}: Analyze image data without its .hdr header, skipped; copy the .hdr next to it")
-            return []
+        files = [target]
+        if suffix.startswith((".hdr", ".img")):
+            stem = str(target)[: -len(suffix)]
+            hdr, img = Path(stem + suffix.replace(".img", ".hdr")), Path(stem + suffix.replace(".hdr", ".img"))
+            if not hdr.exists():
+                problems.append(f"{target}: Analyze image data without its .hdr header, skipped; copy the .hdr next to it")
+                return []
+            if not img.exists():
+                problems.append(f"{target}: Analyze header without its .img data, skipped; copy the .img next to it")
+                return []
+            files = [hdr, img]  # both halves make the content hash: headers alone are often identical
         subject, session = identity(target)
         return [{**base, "subject": subject, "session": session, "series_uid": "", "kind": _KINDS[suffix],
-                 "_files": [target]}]
+                 "_files": files}]
     vols = _volume_files(target)
     if vols:
         return [r for v in vols for r in _scan_rows(v, root, label, split, problems, series)]
@@ -100,7 +112,7 @@ def _scan_rows(target: Path, root: Path, label: str, split: str, problems: list[
 
 
 def _class_entries(cdir: Path) -> list[Path]:
-    return sorted(p for p in cdir.iterdir() if _visible(p) and (p.is_dir() or volume_suffix(p)))
+    return _one_per_pair(sorted(p for p in cdir.iterdir() if _visible(p) and (p.is_dir() or volume_suffix(p))))
 
 
 def _scan_class_folders(root: Path, problems: list[str], series: str | None) -> tuple[str, list[dict]]:
