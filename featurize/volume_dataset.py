@@ -219,6 +219,31 @@ def _scan_manifest(csv_path: Path, problems: list[str], series: str | None) -> l
     return rows
 
 
+def find_volume_entries(root: str | os.PathLike[str]) -> list[Path]:
+    """Volume files and DICOM folders in the class folders of ``root`` (with or without a train/test level).
+
+    Cheap (names and DICOM preambles only): the 2-D scanner calls it so that volumes are never silently ignored.
+    """
+    root = Path(root)
+    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and _visible(p)}
+    parts = [subdirs[s] for s in SPLIT_NAMES if s in subdirs] or [root]
+    found: list[Path] = []
+    for sdir in parts:
+        for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and _visible(p)):
+            for entry in _class_entries(cdir):
+                if entry.is_dir():
+                    if _volume_files(entry) or is_dicom_folder(entry):
+                        found.append(entry)
+                else:
+                    found.append(entry)
+    return found
+
+
+def mixed_inputs_error(src: str | os.PathLike[str], images: list[Path], volumes: list[Path]) -> DataError:
+    """The error for a dataset holding both 2-D images and 3-D scans."""
+    return _mixed_error(Path(src), images, volumes)
+
+
 def scan_volumes(data: str | os.PathLike[str], *, classes: str | list[str] | None = None,
                  label_column: str = DEFAULT_LABEL_COLUMN, series: str | None = None,
                  hash_files: bool = True) -> VolumeDataset:

@@ -132,3 +132,26 @@ def test_broken_entries_are_problems_and_the_rest_is_kept(tmp_path: Path) -> Non
     assert any("sub-ND001.img: Analyze image data without its .hdr header" in p for p in ds.problems)
     assert any(p.startswith("label conflict: identical scan content") for p in ds.problems)
     assert any(p.startswith("label conflict: one subject") for p in ds.problems)
+
+
+def test_image_scan_refuses_volumes_instead_of_ignoring_them(tmp_path: Path) -> None:
+    from featurize.dataset import scan
+
+    write_volume_dataset(tmp_path / "v", fmt="nifti", subjects_per_class=1, classes=TWO, spec=SPEC)
+    with pytest.raises(DataError, match=r"holds 3-D scans \(2, e.g. sub-MOD000.nii.gz\) and no 2-D images"):
+        scan(tmp_path / "v")
+    write_volume_dataset(tmp_path / "d", fmt="dicom", subjects_per_class=1, classes=TWO, spec=SPEC)
+    with pytest.raises(DataError, match=r"holds 3-D scans \(2, e.g. sub-MOD000\)"):
+        scan(tmp_path / "d")
+    for c in TWO:
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "v" / c / "a.png")
+    with pytest.raises(DataError, match=r"both 2-D images \(2, e.g. a.png\) and 3-D scans \(2"):
+        scan(tmp_path / "v")
+    pd.DataFrame([("NonDemented/a.png", "NonDemented"), ("ModerateDemented/sub-MOD000.nii.gz", "ModerateDemented")],
+                 columns=["path", "label"]).to_csv(tmp_path / "v" / "m.csv", index=False)
+    with pytest.raises(DataError, match="both 2-D images"):
+        scan(tmp_path / "v" / "m.csv")
+    # Pure image data scan as before.
+    (tmp_path / "v" / "NonDemented" / "sub-ND000.nii.gz").unlink()
+    (tmp_path / "v" / "ModerateDemented" / "sub-MOD000.nii.gz").unlink()
+    assert len(scan(tmp_path / "v").table) == 2
