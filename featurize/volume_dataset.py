@@ -112,7 +112,10 @@ def _scan_rows(target: Path, root: Path, label: str, split: str, problems: list[
 
 
 def _class_entries(cdir: Path) -> list[Path]:
-    return _one_per_pair(sorted(p for p in cdir.iterdir() if _visible(p) and (p.is_dir() or volume_suffix(p))))
+    # scandir's cached entry types: no stat per image when a 2-D dataset is checked for volumes.
+    with os.scandir(cdir) as it:
+        found = [Path(e.path) for e in it if not e.name.startswith(".") and (volume_suffix(e.name) or e.is_dir())]
+    return _one_per_pair(sorted(found))
 
 
 def _scan_class_folders(root: Path, problems: list[str], series: str | None) -> tuple[str, list[dict]]:

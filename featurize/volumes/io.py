@@ -23,6 +23,10 @@ from featurize.errors import DataError
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz", ".mgz", ".mgh")
 
 
+_LONGEST_FIRST = tuple(sorted(VOLUME_SUFFIXES, key=len, reverse=True))
+_LAST_PARTS = tuple({"." + s.rsplit(".", 1)[-1] for s in VOLUME_SUFFIXES})
+
+
 @dataclass
 class Volume:
     """A 3-D volume as stored: ``data`` holds raw values; true value = data * slope + inter."""
@@ -42,8 +46,10 @@ class Volume:
 
 def volume_suffix(path: str | os.PathLike[str]) -> str:
     """The volume suffix of ``path`` ('.nii.gz', '.hdr', ...), or '' when it is not a volume name."""
-    name = Path(path).name.lower()
-    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+    name = os.path.basename(path).lower()
+    if not name.endswith(_LAST_PARTS):
+        return ""  # the common case when called on every image of a 2-D dataset
+    for suffix in _LONGEST_FIRST:
         if name.endswith(suffix) and len(name) > len(suffix):
             return suffix
     return ""
