@@ -190,12 +190,13 @@ def write_scan(path: Path, anatomy: synth.SubjectAnatomy, *, fmt: str, patient_i
 
 def write_volume_dataset(out: str | Path, *, fmt: str = "nifti", layout: str = "folders", subjects_per_class: int = 2,
                          classes: tuple[str, ...] = synth.CLASS_NAMES, spec: VolumeSpec = VolumeSpec(),
-                         sessions: int = 1, seed: int = 0, shuffle: bool = False,
+                         sessions: int = 1, seed: int = 0, shuffle: bool = False, drop_slice: int | None = None,
                          extra_series: tuple[str, ...] = ()) -> pd.DataFrame:
     """Write labelled synthetic volumes under ``out`` and return the truth table (path, label, subject, session).
 
     ``layout="folders"``: ``OUT/<Class>/sub-<id>[_ses-N].nii.gz`` (or ``.hdr``, or a DICOM folder per scan);
     ``layout="bids"``: ``OUT/sub-<id>/[ses-N/]anat/sub-<id>[_ses-N]_T1w.nii.gz`` with participants.tsv (diagnosis).
+    DICOM only: ``shuffle`` file names, ``drop_slice`` (a gap), ``extra_series`` ("localizer", "t2") in each folder.
     """
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -226,7 +227,7 @@ def write_volume_dataset(out: str | Path, *, fmt: str = "nifti", layout: str = "
                     (out / label).mkdir(exist_ok=True)
                     stem = "_".join(t for t in (f"sub-{subject}", ses_tag) if t)  # BIDS-style entities name the subject
                     path = write_scan(out / label / stem, anatomy, fmt=fmt, patient_id=subject, rng=rng, spec=spec,
-                                      shuffle=shuffle, extra_series=extra_series)
+                                      shuffle=shuffle, drop_slice=drop_slice, extra_series=extra_series)
                 rows.append({"path": path.relative_to(out).as_posix(), "label": label, "subject": subject,
                              "session": str(ses) if n_ses > 1 else ""})
     truth = pd.DataFrame(rows, columns=["path", "label", "subject", "session"])

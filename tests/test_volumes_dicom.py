@@ -172,3 +172,21 @@ def test_compressed_syntax_without_a_decoder_names_the_plugin(tmp_path: Path) ->
         load_scans(tmp_path / "jls")
     msg = str(info.value)
     assert "JPEG-LS Lossless" in msg and "pip install pyjpegls" in msg and "\n" not in msg
+
+
+def test_truncated_pixel_data_is_a_one_line_error_and_other_series_still_read(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("MR_truncated.dcm")
+    if src is None:
+        pytest.skip("pydicom test file MR_truncated.dcm not installed")
+    _copies(src, tmp_path / "t")
+    with pytest.raises(DataError) as info:
+        load_scans(tmp_path / "t")
+    msg = str(info.value)
+    assert "pixel data cannot be decoded" in msg and "damaged or truncated" in msg and "\n" not in msg
+    # A good series beside the broken one is still read; the broken one becomes a note.
+    _series(tmp_path / "t" / "good")
+    scans = load_scans(tmp_path / "t", n_slices=3)
+    assert len(scans) == 1 and scans[0].subject == "P001"
+    assert any("pixel data cannot be decoded" in n for n in scans[0].notes)
