@@ -17,19 +17,23 @@ from featurize.synth_volumes import VolumeSpec, render_volume, write_volume_data
 SPEC = VolumeSpec(size=(48, 56), voxel_mm=(3.0, 3.0, 3.0))
 
 
-def _csf_fraction(stage: int, j: int) -> float:
-    """Share of dark (CSF) voxels inside the head's middle third: ventricles and sulci widen with the stage."""
+def _csf_ratio(stage: int, j: int) -> float:
+    """CSF voxels (stored ~88: ventricles, sulci) per tissue voxel (>= 300) in the middle third of the head.
+
+    The band leaves out the dark rim outside the brain (~16) and the skull ring (~120), whose size follows head
+    size and the envelope rather than the stage.
+    """
     data, _ = render_volume(synth.make_subject(stage, np.random.default_rng([0, stage, j])), spec=SPEC,
                             rng=np.random.default_rng([0, stage, j, 1]))
     nz = data.shape[2]
     mid = data[:, :, nz // 3: 2 * nz // 3].astype(float)
-    head = mid > 0
-    return float(((mid < 200) & head).sum() / head.sum())
+    return float(((mid > 50) & (mid < 110)).sum() / (mid >= 300).sum())
 
 
 def test_atrophy_grows_with_stage() -> None:
-    csf = {stage: np.mean([_csf_fraction(stage, j) for j in range(3)]) for stage in (0, 3)}
-    assert csf[3] > 1.3 * csf[0], csf
+    csf = {stage: [_csf_ratio(stage, j) for j in range(3)] for stage in (0, 3)}
+    # Measured: stage 0 0.04-0.09, stage 3 0.12-0.13; the same anatomy for both stages gives 0.046-0.049 for all.
+    assert min(csf[3]) > max(csf[0]) and np.mean(csf[3]) > 1.5 * np.mean(csf[0]), csf
 
 
 def test_volumes_are_deterministic_and_seeded(tmp_path: Path) -> None:
