@@ -80,15 +80,21 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
+def reorder(data: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    """The same volume stored with axes ``codes`` (e.g. "LPS"): flipped/transposed data and the matching affine."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    change = ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes)))
+    out = np.asfortranarray(apply_orientation(data, change))
+    return out, affine @ inv_ornt_aff(change, data.shape)
+
+
 def write_analyze(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     """Write an Analyze 7.5 ``.hdr/.img`` pair. Analyze stores no orientation, only voxel sizes, and readers
     assume LAS; the data are flipped into LAS order so the stored anatomy matches that assumption."""
     import nibabel as nib
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-    src = io_orientation(affine)
-    change = ornt_transform(src, axcodes2ornt(("L", "A", "S")))
-    las = apply_orientation(data, change)
+    las, _ = reorder(data, affine, "LAS")
     zooms = nib.affines.voxel_sizes(affine)
     img = nib.AnalyzeImage(np.ascontiguousarray(las), None)
     img.header.set_zooms(tuple(float(z) for z in zooms))
@@ -107,7 +113,10 @@ def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, pa
                        study_uid: str | None = None, image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"),
                        shuffle: bool = False, drop_slice: int | None = None, duplicate_slice: int | None = None,
                        prefix: str = "IM") -> list[Path]:
-    """Write ``data`` as single-frame MR Image Storage files, one axial slice per file, in LPS patient space.
+    """Write ``data`` as single-frame MR Image Storage files, one file per ``data[:, :, k]``, in any orientation.
+
+    Image column c is voxel axis 0, image row r axis 1, so ImageOrientationPatient, ImagePositionPatient and
+    PixelSpacing all come from ``affine`` (RAS, turned into DICOM's LPS); an oblique or sagittal stack works too.
 
     ``shuffle`` gives the files names whose order is not the slice order; ``drop_slice`` leaves one slice out
     (a gap); ``duplicate_slice`` writes one instance twice under another file name.
@@ -121,14 +130,15 @@ def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, pa
     study_uid = study_uid or _uid(rng)
     series_uid, frame_uid = _uid(rng), _uid(rng)
     dx, dy, dz = (float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    lps = np.diag([-1.0, -1.0, 1.0])
+    row_cos, col_cos = lps @ affine[:3, 0] / dx, lps @ affine[:3, 1] / dy
     numbers = rng.permutation(n_z) if shuffle else np.arange(n_z)
     written: list[Path] = []
     for k in range(n_z):
         if drop_slice is not None and k == drop_slice:
             continue
-        # Image column c runs to the patient's left (row cosine +x in LPS): stored column i = w-1-c.
-        pixels = np.ascontiguousarray(data[::-1, :, k].T)
-        corner = affine @ np.array([data.shape[0] - 1, 0, k, 1.0])   # RAS of image pixel (0, 0)
+        pixels = np.ascontiguousarray(data[:, :, k].T)
+        corner = lps @ (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]   # LPS of image pixel (0, 0)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = _uid(rng)
@@ -141,8 +151,8 @@ def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, pa
         ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", series_number, k + 1
         ds.SeriesDescription = description
         ds.ImageType = list(image_type)
-        ds.ImagePositionPatient = [float(-corner[0]), float(-corner[1]), float(corner[2])]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [float(v) for v in corner]
+        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
         ds.PixelSpacing = [dy, dx]
         ds.SliceThickness = dz
         ds.Rows, ds.Columns = pixels.shape
@@ -170,6 +180,7 @@ def write_scan(path: Path, anatomy: synth.SubjectAnatomy, *, fmt: str, patient_i
     if fmt == "analyze":
         return write_analyze(path.with_name(path.name + ".hdr"), data, affine)
     study = _uid(rng)
+    data, affine = reorder(data, affine, "LPS")  # the usual axial export: columns to the left, rows to the back
     write_dicom_series(path, data, affine, patient_id=patient_id, rng=rng, study_uid=study, shuffle=shuffle,
                        drop_slice=drop_slice)
     for j, kind in enumerate(extra_series, start=2):

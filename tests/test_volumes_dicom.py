@@ -22,7 +22,10 @@ VIEWS = ("axial", "coronal", "sagittal")
 
 
 def _series(folder: Path, stage: int = 0, **kwargs) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    data, affine = head(stage)
+    """A synthetic head written as the usual axial export (LPS storage); returns the stored data and affine."""
+    from featurize.synth_volumes import reorder
+
+    data, affine = reorder(*head(stage), "LPS")
     files = write_dicom_series(folder, data, affine, patient_id=kwargs.pop("patient_id", "P001"),
                                rng=np.random.default_rng(7), **kwargs)
     return data, affine, files
@@ -40,13 +43,21 @@ def test_shuffled_series_matches_the_nifti_of_the_same_volume(tmp_path: Path) ->
     assert d.subject == "P001" and d.session == "20260101" and d.orientation == "LPS" and d.notes == []
     vol = read_volumes(tmp_path / "dcm")[0][0]
     ref = read_nibabel(tmp_path / "v.nii")
-    # Same voxels in RAS space: the DICOM affine (from LPS positions) maps the same anatomy to the same mm.
-    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
+    # Same voxels, and the affine rebuilt from LPS positions and cosines is the one the volume was written with.
+    assert np.array_equal(vol.data, ref.data) and np.allclose(vol.affine, ref.affine, atol=1e-4)
 
-    t = ornt_transform(io_orientation(vol.affine), io_orientation(ref.affine))
-    assert np.array_equal(apply_orientation(vol.data, t), ref.data)
-    centre = np.array([*(np.array(data.shape) - 1) / 2, 1])
-    assert np.allclose(vol.affine @ np.array([data.shape[0] - 1 - centre[0], centre[1], centre[2], 1]), ref.affine @ centre)
+
+@pytest.mark.parametrize("codes", ["LPS", "ASR", "SAL"])
+def test_any_acquisition_orientation_gives_the_same_slices(tmp_path: Path, codes: str) -> None:
+    from featurize.synth_volumes import reorder
+
+    data, affine = head(2)
+    stored, aff = reorder(data, affine, codes)  # ASR: sagittal slices stacked along R, SAL: coronal-ish
+    write_dicom_series(tmp_path / "d", stored, aff, patient_id="P", rng=np.random.default_rng(1), shuffle=True)
+    d = load_scans(tmp_path / "d", views=VIEWS, n_slices=4)[0]
+    n = load_scans(save_nifti(tmp_path / "v.nii", data, affine), views=VIEWS, n_slices=4)[0]
+    assert d.orientation[:2] == codes[:2] and d.shape == n.shape  # the third axis follows the normal
+    assert all(np.array_equal(x, y) for x, y in zip(arrays(d), arrays(n)))
 
 
 def test_content_hash_ignores_file_names_and_order(tmp_path: Path) -> None:
@@ -62,11 +73,11 @@ def test_missing_slice_is_named_and_filled(tmp_path: Path) -> None:
     data, _, _ = _series(tmp_path / "gap", drop_slice=20)
     scans = load_scans(tmp_path / "gap", n_slices=4)
     note = [n for n in scans[0].notes if "gap" in n]
-    assert len(note) == 1 and "gap of 1 missing slice(s) between instance 20" in note[0] and "instance 22" in note[0]
+    assert len(note) == 1 and "gap of 1 missing slice(s) between instance 20 and instance 22 (6.0 mm apart, slices are 3.0 mm apart)" in note[0]
     vol = read_volumes(tmp_path / "gap")[0][0]
     assert vol.data.shape == data.shape
-    # Stored as LPS columns (flipped i); the filled slice is the mean of its neighbours.
-    filled = vol.data[::-1, :, 20].astype(float)
+    # The filled slice is the mean of its neighbours.
+    filled = vol.data[:, :, 20].astype(float)
     expect = np.rint((data[:, :, 19].astype(float) + data[:, :, 21]) / 2)
     assert np.array_equal(filled, expect)
 

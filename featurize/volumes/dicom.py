@@ -212,8 +212,9 @@ def read_series(s: Series) -> Volume:
         missing = int(round((pos[b] - pos[a]) / step)) - 1
         if (pos[b] - pos[a]) > _GAP_FACTOR * step and missing > 0:
             ia, ib = s.headers[a].get("InstanceNumber", "?"), s.headers[b].get("InstanceNumber", "?")
-            notes.append(f"{s.label}: gap of {missing} missing slice(s) between instance {ia} ({pos[a]:.1f} mm) and "
-                         f"instance {ib} ({pos[b]:.1f} mm); filled by linear interpolation")
+            notes.append(f"{s.label}: gap of {missing} missing slice(s) between instance {ia} and instance {ib} "
+                         f"({pos[b] - pos[a]:.1f} mm apart, slices are {step:.1f} mm apart); "
+                         "filled by linear interpolation")
     if np.ptp(steps) > 0.1 * step and not any("gap of" in m for m in notes):
         notes.append(f"{s.label}: slice spacing varies from {steps.min():.2f} to {steps.max():.2f} mm; "
                      f"a regular {step:.2f} mm grid is assumed")
