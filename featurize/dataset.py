@@ -162,6 +162,7 @@ def scan(data: str | os.PathLike[str], classes: str | list[str] | None = None, h
         root = src
         source, rows, empty, seen = _scan_folders(root)
         problems += [f"{e}: empty class folder, ignored" for e in empty]
+    _refuse_volumes(src, root, rows)
     if not rows:
         raise DataError(f"{src}: no images found; expected ROOT/<Class>/*.jpg, ROOT/{{train,test}}/<Class>/*.jpg or a CSV manifest (extensions: {', '.join(sorted(IMAGE_EXTS))})")
     table = pd.DataFrame(rows)
@@ -186,6 +187,23 @@ def scan(data: str | os.PathLike[str], classes: str | list[str] | None = None, h
     table = table[["path", "label", "split", "subject", "sha1", "abspath"]]
     return Dataset(root=root.resolve(), source=source, table=table, class_names=class_names,
                    dataset_id=dataset_id(src), problems=problems)
+
+
+def _refuse_volumes(src: Path, root: Path, rows: list[dict[str, str]]) -> None:
+    """3-D scans (NIfTI, Analyze, MGH, DICOM) among or instead of the images: refused, never silently ignored."""
+    from featurize.volume_dataset import find_volume_entries, mixed_inputs_error
+    from featurize.volumes import volume_suffix
+
+    if src.is_file():
+        volumes = [Path(r["abspath"]) for r in rows if volume_suffix(r["abspath"])]
+        rows[:] = [r for r in rows if not volume_suffix(r["abspath"])]
+    else:
+        volumes = find_volume_entries(root)
+    if volumes and rows:
+        raise mixed_inputs_error(src, [Path(r["abspath"]) for r in rows], volumes)
+    if volumes:
+        raise DataError(f"{src}: holds 3-D scans ({len(volumes)}, e.g. {volumes[0].name}) and no 2-D images; "
+                        "this command reads 2-D slices, and volumes are read by featurize.volume_dataset.scan_volumes")
 
 
 def _label_conflicts(table: pd.DataFrame) -> list[str]:
