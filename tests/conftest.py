@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,13 @@ def shared_data() -> Path:
 def _private_signing_key(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Never touch the user's real model-signing key from tests."""
     os.environ["ALZMRI_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "signing.key")
+
+
+@pytest.fixture(autouse=True)
+def _tf_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that imports TensorFlow must carry the ``tf`` marker, so that ``-m "not tf"`` really is the fast
+    numpy/scikit-learn suite (seen whenever TF was not imported by an earlier test of the same process)."""
+    before = "tensorflow" in sys.modules
+    yield
+    if not before and "tensorflow" in sys.modules and request.node.get_closest_marker("tf") is None:
+        pytest.fail(f"{request.node.nodeid} imported TensorFlow but is not marked tf", pytrace=False)

@@ -21,6 +21,8 @@ from featurize.dataset import dataset_id
 from featurize.latest import LAST_FILE, last_featurized, record_last
 from tests.conftest import write_images
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = "96x96"
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 

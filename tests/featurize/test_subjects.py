@@ -13,7 +13,7 @@ from PIL import Image
 from featurize import subjects as fs
 from featurize.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data/alzheimer-mri"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared/data/alzheimer-mri"
 
 
 def walk_vectors(n_subjects: int, per: int, d: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SHAPE = (512, 512, 400)
 # Peak RSS is measured in a fresh interpreter after the imports, so only the reading and slicing count.
 _PROBE = """

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from classify.bundle import load_bundle
 from classify.sweep import Candidate, format_sweep, nested_estimate, parse_weights, run_sweep
 from featurize.synth import write_dataset
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 def _cand(name: str, inner: list[float], outer: list[float]) -> Candidate:

@@ -19,6 +19,8 @@ from featurize.backbones import build_base, get_backbone
 from featurize.errors import AlzmriError, DataError, WeightsError
 from tests.conftest import write_images
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 FAST = dict(weights="none", image_size="32x32", epochs=1, subjects="none", progress=False, batch_size=4)
 
 
@@ -265,7 +267,7 @@ def test_importing_the_cnn_package_and_its_predict_path_is_light() -> None:
 
     code = ("import sys, classify.baseline, classify.cnn; from classify.cnn import load_baseline, predict_files; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'classify.cnn.run') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"  # TF and Keras load with the model, scikit-learn and training code never

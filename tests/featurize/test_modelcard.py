@@ -15,9 +15,11 @@ from featurize import run as frun
 from featurize.config import engines_dir
 from tests.conftest import write_images
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 needs_onnx = pytest.mark.skipif(bool(engines.missing_packages("onnx")), reason="onnx extra not installed")
 FAST = {"weights": "none", "image_size": "32x32", "subjects": "none", "progress": False}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data(tmp_path: Path, name: str, seed: int) -> Path:

@@ -16,6 +16,8 @@ from featurize.dataset import scan
 from featurize.errors import AlzmriError, CacheError, DataError
 from tests.conftest import write_images
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False, engine="tf")
 
 

@@ -16,7 +16,7 @@ from featurize.synth_volumes import write_dicom_series  # noqa: E402
 from featurize.volumes import load_scans, read_volumes  # noqa: E402
 from featurize.volumes.dicom import list_series  # noqa: E402
 from featurize.volumes.io import read_nibabel  # noqa: E402
-from tests.volume_helpers import arrays, head, save_nifti  # noqa: E402
+from tests.featurize.volumes.helpers import arrays, head, save_nifti  # noqa: E402
 
 VIEWS = ("axial", "coronal", "sagittal")
 

@@ -12,7 +12,7 @@ import pytest
 from classify.bundle import ModelBundle, bundle_name, bundle_path, list_bundles, load_bundle, save_bundle, sig_path
 from classify.evaluate import select_head
 from featurize.errors import AlzmriError
-from tests.test_classify_evaluate import synthetic
+from tests.classify.test_evaluate import synthetic
 
 
 @pytest.fixture

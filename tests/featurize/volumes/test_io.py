@@ -15,7 +15,7 @@ from featurize.synth_volumes import VolumeSpec, write_analyze  # noqa: E402
 from featurize.volumes import load_scans, read_volumes  # noqa: E402
 from featurize.volumes.io import read_nibabel  # noqa: E402
 from featurize.volumes.slicing import otsu_threshold, slice_positions, to_uint8  # noqa: E402
-from tests.volume_helpers import arrays, head, save_nifti  # noqa: E402
+from tests.featurize.volumes.helpers import arrays, head, save_nifti  # noqa: E402
 
 
 def _one_line_error(fn, *args, **kwargs) -> str:  # noqa: ANN001

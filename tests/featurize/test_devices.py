@@ -24,7 +24,9 @@ from featurize.devices import (
 )
 from featurize.errors import AlzmriError
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Logical devices can only be configured before TF initialises, so this runs in a fresh interpreter.
 _TWO_CPUS = r"""

@@ -22,7 +22,7 @@ from featurize.images import load_rgb
 from tests.conftest import write_images
 
 FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects="none", progress=False, engine="tf")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from classify.demo import run_demo
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 def test_demo_end_to_end_tiny(tmp_path: Path) -> None:

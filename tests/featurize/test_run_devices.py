@@ -15,8 +15,10 @@ import featurize
 from featurize import run as frun
 from featurize.errors import AlzmriError
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 FAST = {"weights": "none", "image_size": "32x32", "subjects": "none", "progress": False}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mixed_precision_gets_its_own_cache_and_close_but_different_features(kaggle_root: Path, artifacts: Path) -> None:

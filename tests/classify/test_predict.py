@@ -15,6 +15,8 @@ from featurize.errors import DataError, WeightsError
 from featurize.run import featurize_dataset
 from featurize.synth import write_dataset
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:

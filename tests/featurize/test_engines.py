@@ -14,6 +14,8 @@ from featurize.backbones import build_base, feature_model, get_backbone
 from featurize.errors import AlzmriError
 from featurize.pipeline import make_forward
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 HAVE_ONNX = not engines.missing_packages("onnx")
 HAVE_OPENVINO = not engines.missing_packages("openvino")
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="onnx extra not installed (pip install 'alzmri[onnx]')")

@@ -14,7 +14,7 @@ from featurize.dataset import dataset_id
 from featurize.errors import AlzmriError, CacheError
 from featurize.featureset import FeatureSet
 from featurize.store import cache_name, save
-from tests.test_classify_evaluate import synthetic
+from tests.classify.test_evaluate import synthetic
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

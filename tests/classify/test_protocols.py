@@ -81,7 +81,7 @@ def test_folds_for_protocols_partition_every_row() -> None:
 
 
 def test_bad_data_errors_exit_3_for_heads_and_cnns_alike(tmp_path: Path) -> None:
-    from tests.test_classify_evaluate import synthetic
+    from tests.classify.test_evaluate import synthetic
 
     # subject-cv without subjects
     y = np.array([0, 0, 1, 1])
