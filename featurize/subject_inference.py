@@ -119,6 +119,9 @@ def nearest_outside(Z: np.ndarray, comp: np.ndarray, chunk_rows: int | None = No
 # ------------------------------------------------------------------------------------------------- inference
 
 
+# Below this, the chosen gap barely beats the next one (real data: 12x at 32 px thumbnails, 1.6x at 16 px, which fails;
+# subsets of scattered slices: 1.0 - 2.1x, contiguous ones: >= 5.2x), and inference refuses.
+WEAK_SEPARATION = 3.0
 # A near-duplicate link must beat both of its slices' background (their k-th neighbour) by this much in t, i.e. be at
 # least 2x closer in 1 - s. Real data (docs/reliability.md): adjacent slices of one scan beat it by >= 1.06 in every
 # subset measured, the best links between different people by <= 0.54.
@@ -297,8 +300,8 @@ def infer_subjects(X: np.ndarray, threshold: float | None = None, k: int = 10,
     well above both slices' k-th neighbour, :func:`supported_links`), and at or above the widest gap in the
     single-linkage merge similarities (:func:`pick_threshold`), which in turn may not fall more than
     :data:`ADJACENT_SPREAD` below what the supported links, the adjacent slices of this collection, look like.
-    When fewer than :data:`MIN_COVERAGE` of the usable rows have a supported link, the pixels cannot tell people
-    apart: ``strict`` raises :class:`SubjectsUndetermined` (exit 3), else ``undetermined`` says why.
+    When fewer than :data:`MIN_COVERAGE` of the usable rows have a supported link, or the gap is weak (separation
+    < :data:`WEAK_SEPARATION`), the pixels cannot tell people apart: ``strict`` raises :class:`SubjectsUndetermined` (exit 3), else ``undetermined`` says why.
     Rows with NaN or no variance are singletons. Cost: one chunked pass of X against itself, a second one when the
     kNN graph falls apart into pieces; memory O(N * (k + chunk_rows)). 100k rows of 1,024 values take a few minutes
     on 2 cores.
@@ -337,6 +340,10 @@ def infer_subjects(X: np.ndarray, threshold: float | None = None, k: int = 10,
         undetermined = (f"only {linked[rows].sum()} of {len(rows)} slices ({coverage:.0%}) have a near-duplicate "
                         f"(an adjacent slice of the same scan), fewer than the {MIN_COVERAGE:.0%} needed to tell "
                         f"people apart from pixels; {FIX_HINT}")
+    elif separation < WEAK_SEPARATION:
+        undetermined = (f"no clear gap between adjacent-slice and between-people similarities (separation "
+                        f"{separation:.1f}x < {WEAK_SEPARATION:g}x), so people cannot be told apart from pixels; "
+                        f"{FIX_HINT}")
     inference = SubjectInference(
         labels=labels, threshold=float(threshold), n_subjects=int(len(set(labels))),
         gap=(float(gap[0]), float(gap[1])), separation=separation, coverage=coverage, adjacent=adjacent,

@@ -21,12 +21,10 @@ import pandas as pd
 from PIL import Image
 from featurize.errors import DataError
 from featurize.subject_inference import (  # noqa: F401 - re-exported: the inference API lived here
-    SubjectInference, SubjectsUndetermined, _top_k, infer_subjects, knn_graph, nearest_outside, pick_threshold)
+    WEAK_SEPARATION, SubjectInference, SubjectsUndetermined, _top_k, infer_subjects, knn_graph, nearest_outside, pick_threshold)
 
 SUBJECTS_CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "subject", "sha1")
 SMALL_CLASS_SUBJECTS = 5
-# Below this, the chosen gap barely beats the next one (real data: 12x at 32 px thumbnails, 1.6x at 16 px, which fails).
-WEAK_SEPARATION = 3.0
 
 
 # --------------------------------------------------------------------------------------------------- thumbnails
