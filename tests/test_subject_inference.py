@@ -40,17 +40,29 @@ def shuffled(images: np.ndarray, table: pd.DataFrame, seed: int = 0) -> tuple[np
 
 
 @pytest.fixture(scope="module")
-def scattered() -> tuple[np.ndarray, pd.DataFrame]:
-    """40 synthetic subjects of 24 slices, of which 2 random slices each are kept: no adjacent slices at all."""
-    images, table = synthetic(10, 24, seed=3)
-    rng = np.random.default_rng(1)
+def scans() -> tuple[np.ndarray, pd.DataFrame]:
+    """40 synthetic subjects of 24 adjacent slices each."""
+    return synthetic(10, 24, seed=3)
+
+
+def keep_scattered(table: pd.DataFrame, per: int, seed: int) -> np.ndarray:
+    """Rows of ``per`` random slices of each subject, never two adjacent ones when per == 2."""
+    rng = np.random.default_rng(seed)
     keep = []
     for s in table["subject"].unique():
         rows = np.flatnonzero(table["subject"].to_numpy() == s)
-        a, b = np.sort(rng.choice(rows, 2, replace=False))
-        while b - a < 2:  # never two adjacent slices
-            a, b = np.sort(rng.choice(rows, 2, replace=False))
-        keep += [a, b]
+        pick = np.sort(rng.choice(rows, per, replace=False))
+        while per == 2 and pick[1] - pick[0] < 2:
+            pick = np.sort(rng.choice(rows, per, replace=False))
+        keep += list(pick)
+    return np.array(keep)
+
+
+@pytest.fixture(scope="module")
+def scattered(scans: tuple[np.ndarray, pd.DataFrame]) -> tuple[np.ndarray, pd.DataFrame]:
+    """2 non-adjacent slices of each of the 40 subjects: no near-duplicates at all."""
+    images, table = scans
+    keep = keep_scattered(table, 2, seed=1)
     return shuffled(images[keep], table.iloc[keep].reset_index(drop=True))
 
 
@@ -88,6 +100,17 @@ def test_scattered_slices_are_refused_not_guessed(scattered: tuple[np.ndarray, p
     assert soft.undetermined == err.value.inference.undetermined
     # a fixed threshold is the user's own call: never refused
     assert si.infer_subjects(X, threshold=0.99).undetermined == ""
+
+
+def test_scattered_with_near_duplicates_everywhere_but_no_gap_is_refused(scans: tuple[np.ndarray, pd.DataFrame]) -> None:
+    # 8 random slices of 24: almost every slice still has a supported link (to a slice 1-2 levels away), but the
+    # links do not reach across each scan, and no gap separates them from links between people.
+    images, table = scans
+    keep = keep_scattered(table, 8, seed=0)
+    inf = si.infer_subjects(fs.thumbnails_from_arrays(images[keep]), strict=False)
+    assert inf.coverage >= si.MIN_COVERAGE and inf.separation < si.WEAK_SEPARATION
+    assert inf.n_subjects > 40  # what would have been said without the refusal: scans cut into pieces
+    assert "no clear gap" in inf.undetermined and "--subjects regex:PATTERN" in inf.undetermined
 
 
 # ------------------------------------------------------------------------------------------------ the guard
