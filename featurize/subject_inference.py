@@ -27,6 +27,8 @@ _S_MAX = 1.0 - 1e-6
 # because every chunk streams all of X through the matrix product (100k rows: 100 MB per chunk).
 _CHUNK_ELEMENTS = 1 << 20
 _CHUNK_ROWS_MIN, _CHUNK_ROWS_MAX = 256, 4096
+# Gaps this close to the chosen one (in merge levels) are its pieces, not rivals, when separation is measured.
+_STRAGGLERS = 2
 # Column block width for the block-max top-k pre-filter (see _top_k).
 _BLOCK = 128
 
@@ -195,15 +197,15 @@ def _to_t(s: np.ndarray) -> np.ndarray:
     return -np.log1p(-np.clip(s, -1.0, _S_MAX))
 
 
-def pick_threshold(levels: np.ndarray) -> tuple[float, tuple[float, float], float]:
+def pick_threshold(levels: np.ndarray, *, min_above: int | None = None) -> tuple[float, tuple[float, float], float]:
     """Threshold in the widest gap between within-subject and between-subject merge similarities.
 
-    ``levels`` are single-linkage merge similarities, descending. Within-subject links (adjacent slices) are the
-    large majority, so only gaps with at least half of the links above are candidates; that ignores duplicate
-    images at the top. Each gap's width (in t = -log(1 - s)) is weighted by sqrt(frac_above * frac_below), so one
+    ``levels`` are single-linkage merge similarities, descending. Only gaps with at least ``min_above`` links above
+    are candidates (default: half of them, as when within-subject links are the large majority); that ignores
+    duplicate images at the top. Each gap's width (in t = -log(1 - s)) is weighted by sqrt(frac_above * frac_below), so one
     odd slice or one unusual subject far below the rest cannot outscore the gap under the within-subject mode.
     Returns the threshold (middle of the gap in t), the similarities on either side of it, and the separation:
-    the chosen gap's score over the runner-up's.
+    the chosen gap's score over the best score of a gap more than :data:`_STRAGGLERS` levels away.
     """
     m = len(levels)
     if m == 0:
@@ -214,12 +216,22 @@ def pick_threshold(levels: np.ndarray) -> tuple[float, tuple[float, float], floa
     t = _to_t(levels)
     i = np.arange(1, m)                       # gap between levels[i-1] (i links above) and levels[i]
     score = (t[:-1] - t[1:]) * np.sqrt(i * (m - i)) / m
-    score[i < (m + 1) // 2] = -np.inf
+    score[i < ((m + 1) // 2 if min_above is None else min_above)] = -np.inf
     g = int(np.argmax(score)) + 1
-    runner_up = np.partition(score, len(score) - 2)[-2] if len(score) > 1 else -np.inf
+    # The rival is the best gap elsewhere: one straggler link just above or below splits the chosen gap in two,
+    # and its pieces are not a second candidate (real data: a weak adjacent pair put one at 1/3 of the gap's score).
+    far = np.abs(i - g) > _STRAGGLERS
+    runner_up = float(score[far].max()) if far.any() else -np.inf
     separation = float(score[g - 1] / runner_up) if runner_up > 0 else math.inf
     t_mid = 0.5 * (t[g - 1] + t[g])
     return float(-np.expm1(-t_mid)), (float(levels[g]), float(levels[g - 1])), separation
+
+
+def _n_merges(lo: np.ndarray, hi: np.ndarray, n: int) -> int:
+    """How many merges single linkage makes along these edges: rows they touch minus the components those form."""
+    touched = np.zeros(n, dtype=bool)
+    touched[lo] = touched[hi] = True
+    return int(touched.sum() - len(np.unique(_components(lo, hi, n)[touched]))) if len(lo) else 0
 
 
 def _components(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
@@ -325,7 +337,10 @@ def infer_subjects(X: np.ndarray, threshold: float | None = None, k: int = 10,
         return SubjectInference(labels=labels, threshold=float(threshold), n_subjects=int(len(set(labels))),
                                 gap=(math.nan, math.nan), method="fixed threshold")
     supported = _undirected_supported(lo, hi, rows[i], rows[j], sup, n)
-    threshold, gap, separation = pick_threshold(_merge_levels(lo, hi, s, n))
+    # Half of the merges the supported links make must lie above the gap, not half of all merges: with few
+    # near-duplicates (pairs of adjacent slices, lone slices) most merges are between people.
+    threshold, gap, separation = pick_threshold(_merge_levels(lo, hi, s, n),
+                                                min_above=max(1, int(0.9 * _n_merges(lo[supported], hi[supported], n))))
     adjacent = math.nan
     if supported.any():
         t_adj = float(np.median(_to_t(s[supported])))
