@@ -116,9 +116,10 @@ def load_ref(ref: str) -> ModuleType:
 
 
 def verdict(r: dict) -> str:
+    """One seed's cell: ARI (or refused), groups mixing people, and [groups found]."""
     if r["refused"]:
-        return "refused"
-    return f"{r['ari']:.3f}" + (f" ({r['mixed']} mixed)" if r["mixed"] else "")
+        return f"refused [{r['groups']}]"
+    return f"{r['ari']:.3f}" + (f", {r['mixed']} mixed" if r["mixed"] else "") + f" [{r['groups']}]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,17 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(100 + seed)
         extra.append(("600 random slices", seed, np.sort(rng.choice(len(files), 600, replace=False))))
         extra.append(("48 random slices", seed, np.sort(rng.choice(len(files), 48, replace=False))))
+    for seed in range(args.seeds):
+        # Lone slices beside adjacent ones, and scans with a hole (two runs of 4, 12 slices apart).
+        rng = np.random.default_rng(200 + seed)
+        people = rng.permutation(np.unique(subj))
+        runs = pick(subj[np.isin(subj, people[:-20])], pos[np.isin(subj, people[:-20])], 4, "contiguous", seed)
+        lone = [rng.choice(np.flatnonzero(subj == s)) for s in people[-20:]]
+        extra.append(("k=4 contiguous for 140 people + 1 slice of 20 others", seed,
+                      np.sort(np.concatenate([np.flatnonzero(np.isin(subj, people[:-20]))[runs], lone]))))
+    holes = np.concatenate([np.flatnonzero(subj == s)[np.argsort(pos[subj == s])][np.r_[0:4, 16:20]]
+                            for s in np.unique(subj)])
+    extra.append(("2 runs of 4 per person (a hole in each scan)", 0, np.sort(holes)))
     for case, seed, sel in extra:
         for name, fn in runners.items():
             rows.append({"case": case, "seed": seed, "n": len(sel), "code": name, "true": len(set(subj[sel])),
                          **score(fn, X[sel], subj[sel])})
     df = pd.DataFrame(rows)
 
-    print("| subset | slices | true subjects | " + " | ".join(f"{c}: ARI per seed (groups)" for c in runners) + " |")
+    print("| subset | slices | true subjects | " + " | ".join(f"{c}: ARI per seed [groups]" for c in runners) + " |")
     print("|---|---|---|" + "---|" * len(runners))
     for case, g in df.groupby("case", sort=False):
         h = g[g.code == "new"]
-        cells = [", ".join(f"{verdict(r)} ({r['groups']})" for r in g[g.code == name].to_dict("records"))
+        cells = ["; ".join(verdict(r) for r in g[g.code == name].to_dict("records"))
                  for name in runners]
         sizes = "/".join(dict.fromkeys(str(n) for n in h["n"]))
         true = "/".join(dict.fromkeys(str(n) for n in h["true"]))
