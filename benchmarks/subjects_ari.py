@@ -57,7 +57,7 @@ def ground_truth(files: list[Path], X: np.ndarray) -> tuple[np.ndarray, np.ndarr
         assert deg.max() == 2 and (deg == 1).sum() == 2, f"subject {s}: its slices are not one chain"
         order, prev = [int(np.flatnonzero(deg == 1)[0])], -1
         while len(order) < len(idx):
-            nxt = [int(j) for j in np.flatnonzero(adj[order[-1]]) if j != prev][0]
+            nxt = next(int(j) for j in np.flatnonzero(adj[order[-1]]) if j != prev)
             prev = order[-1]
             order.append(nxt)
         pos[idx[order]] = np.arange(len(idx))

@@ -334,7 +334,7 @@ def infer_subjects(X: np.ndarray, threshold: float | None = None, k: int = 10,
     lo, hi, s = _undirected(rows[i], rows[j], w)
     if threshold is not None:
         labels = _ids_by_first_appearance(_components(lo[s >= threshold], hi[s >= threshold], n))
-        return SubjectInference(labels=labels, threshold=float(threshold), n_subjects=int(len(set(labels))),
+        return SubjectInference(labels=labels, threshold=float(threshold), n_subjects=len(set(labels)),
                                 gap=(math.nan, math.nan), method="fixed threshold")
     supported = _undirected_supported(lo, hi, rows[i], rows[j], sup, n)
     # Half of the merges the supported links make must lie above the gap, not half of all merges: with few
@@ -362,7 +362,7 @@ def infer_subjects(X: np.ndarray, threshold: float | None = None, k: int = 10,
                         f"{separation:.1f}x < {WEAK_SEPARATION:g}x), so people cannot be told apart from pixels; "
                         f"{FIX_HINT}")
     inference = SubjectInference(
-        labels=labels, threshold=float(threshold), n_subjects=int(len(set(labels))),
+        labels=labels, threshold=float(threshold), n_subjects=len(set(labels)),
         gap=(float(gap[0]), float(gap[1])), separation=separation, coverage=coverage, adjacent=adjacent,
         undetermined=undetermined,
         method=f"auto: supported mutual links of the {kk}-NN correlation graph above the widest merge gap")

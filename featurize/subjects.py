@@ -19,9 +19,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+
 from featurize.errors import DataError
 from featurize.subject_inference import (  # noqa: F401 - re-exported: the inference API lived here
-    WEAK_SEPARATION, SubjectInference, SubjectsUndetermined, _top_k, infer_subjects, knn_graph, nearest_outside, pick_threshold)
+    WEAK_SEPARATION,
+    SubjectInference,
+    SubjectsUndetermined,
+    _top_k,
+    infer_subjects,
+    knn_graph,
+    nearest_outside,
+    pick_threshold,
+)
 
 SUBJECTS_CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "subject", "sha1")
 SMALL_CLASS_SUBJECTS = 5
