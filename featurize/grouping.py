@@ -24,8 +24,10 @@ def resolve_subjects(ds: Dataset, mode: str = "auto", artifacts: str | os.PathLi
                      log: Callable[[str], None] = lambda s: None) -> np.ndarray:
     """Subject id per row of ``ds.table``.
 
-    ``auto``: the manifest's subject column when it is filled, else inferred. ``infer``: always inferred
-    (reusing ``subjects.csv`` when it covers the same files). ``column``, ``regex:PATTERN``, ``none``.
+    ``auto``: the manifest's subject column when it is filled, else inferred; when the pixels cannot tell
+    (too few near-duplicate slices) it logs why and returns no subjects, like ``none``. ``infer``: always inferred
+    (reusing ``subjects.csv`` when it covers the same files); cannot tell is a :class:`DataError` (exit 3).
+    ``column``, ``regex:PATTERN``, ``none``.
     """
     table = ds.table
     has_column = bool(len(table)) and bool((table["subject"] != "").all())
@@ -42,7 +44,17 @@ def resolve_subjects(ds: Dataset, mode: str = "auto", artifacts: str | os.PathLi
         return np.asarray(subjects_from_regex(table["path"].tolist(), mode[len("regex:"):]), dtype=object)
     if mode not in ("auto", "infer"):
         raise DataError(f"unknown --subjects {mode!r}; choose {SUBJECT_MODES}")
-    return infer_for_dataset(ds, artifacts, log).subjects
+    from featurize.subject_inference import SubjectsUndetermined
+
+    try:
+        return infer_for_dataset(ds, artifacts, log).subjects
+    except SubjectsUndetermined as exc:
+        if mode == "infer":
+            raise
+        # auto: a guess would be worse than nothing, so go on exactly as --subjects none does.
+        log(f"{exc}; going on without subjects (as --subjects none): leakage cannot be checked, and "
+            "--protocol subject-cv will need them")
+        return np.full(len(table), "", dtype=object)
 
 
 class _Inferred:
@@ -52,8 +64,12 @@ class _Inferred:
 
 def infer_for_dataset(ds: Dataset, artifacts: str | os.PathLike[str] | None = None,
                       log: Callable[[str], None] = lambda s: None, force: bool = False) -> _Inferred:
-    """Infer subjects by clustering near-duplicate slices, cached in subjects.csv keyed by path and content hash."""
-    from featurize.subjects import infer_subjects, read_subjects_csv, thumbnails, write_subjects_csv
+    """Infer subjects by clustering near-duplicate slices, cached in subjects.csv keyed by path and content hash.
+
+    Raises :class:`~featurize.subject_inference.SubjectsUndetermined` (exit 3) when the pixels cannot tell.
+    """
+    from featurize.subject_inference import SubjectsUndetermined, infer_subjects
+    from featurize.subjects import read_subjects_csv, thumbnails, write_subjects_csv
 
     table = ds.table
     path = subjects_csv_path(ds.dataset_id, artifacts)
@@ -68,7 +84,11 @@ def infer_for_dataset(ds: Dataset, artifacts: str | os.PathLike[str] | None = No
             log(f"{path}: unreadable, inferring subjects again")
     log(f"inferring subjects from {len(table)} slices (clustering near-duplicates)...")
     X = thumbnails(table["abspath"].tolist())
-    inference = infer_subjects(X)
+    try:
+        inference = infer_subjects(X)
+    except SubjectsUndetermined as exc:
+        # Nothing is written: a later run with more slices, or a named subject source, starts clean.
+        raise SubjectsUndetermined(f"{ds.root}: {exc}", exc.inference) from None
     subjects = np.asarray(inference.labels, dtype=object)
     write_subjects_csv(path, table["path"].tolist(), table["label"].tolist(), table["split"].tolist(),
                        subjects.tolist(), table["sha1"].tolist())
