@@ -304,7 +304,7 @@ def subjects(
     from featurize.grouping import subjects_for_data
     from featurize.subjects import format_report
 
-    ds, report, inference, path = _run(lambda: subjects_for_data(data, mode, classes, artifacts, log=_say))
+    ds, report, inference, path = _run(lambda: subjects_for_data(data, mode=mode, classes=classes, artifacts=artifacts, log=_say))
     out.print(format_report(report, inference), highlight=False)
     out.print(f"written: {path}", highlight=False)
 

@@ -20,7 +20,7 @@ def subjects_csv_path(dataset_id: str, artifacts: str | os.PathLike[str] | None 
     return dataset_dir(dataset_id, artifacts) / "subjects.csv"
 
 
-def resolve_subjects(ds: Dataset, mode: str = "auto", artifacts: str | os.PathLike[str] | None = None,
+def resolve_subjects(ds: Dataset, mode: str = "auto", *, artifacts: str | os.PathLike[str] | None = None,
                      log: Callable[[str], None] = lambda s: None) -> np.ndarray:
     """Subject id per row of ``ds.table``.
 
@@ -96,7 +96,7 @@ def infer_for_dataset(ds: Dataset, artifacts: str | os.PathLike[str] | None = No
     return _Inferred(subjects, inference)
 
 
-def subjects_for_data(data: str | os.PathLike[str], mode: str = "infer", classes: str | list[str] | None = None,
+def subjects_for_data(data: str | os.PathLike[str], *, mode: str = "infer", classes: str | list[str] | None = None,
                       artifacts: str | os.PathLike[str] | None = None,
                       log: Callable[[str], None] = lambda s: None) -> tuple[Dataset, object, object | None, Path]:
     """``alzmri subjects``: resolve subjects for a dataset, write subjects.csv, return (dataset, report, inference, csv path)."""
@@ -109,7 +109,7 @@ def subjects_for_data(data: str | os.PathLike[str], mode: str = "infer", classes
         inferred = infer_for_dataset(ds, artifacts, log, force=True)
         subjects, inference = inferred.subjects, inferred.inference
     else:
-        subjects = resolve_subjects(ds, mode, artifacts, log)
+        subjects = resolve_subjects(ds, mode, artifacts=artifacts, log=log)
         write_subjects_csv(subjects_csv_path(ds.dataset_id, artifacts), ds.table["path"].tolist(), ds.table["label"].tolist(),
                            ds.table["split"].tolist(), list(subjects), ds.table["sha1"].tolist())
     ds.table["subject"] = subjects

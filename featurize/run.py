@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -17,19 +17,15 @@ import numpy as np
 from featurize import store
 from featurize.backbones import (
     CHECKSUM_SCOPE,
-    build_base,
-    feature_model,
     get_backbone,
     layers_tag,
-    legacy_checksums,
     resolve_layers,
-    weights_checksum,
     weights_tag,
 )
-from featurize.config import engines_dir, features_dir
+from featurize.config import features_dir
 from featurize.dataset import Dataset, scan
-from featurize.engines import Forward
 from featurize.errors import AlzmriError, CacheError
+from featurize.extractor import ModelSpec, from_card, from_tf
 from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
 from featurize.progress import progress_bar
@@ -272,11 +268,11 @@ def featurize_layers(
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
-            spec = _ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, (engine or "auto").lower(),
+            spec = ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, (engine or "auto").lower(),
                               batch_size, artifacts, precision, devices)
             # a legacy checksum can only be checked against the TF build, so such a cache skips the card once
-            got = None if any(t.legacy for t in targets) else _from_card(spec)
-            forward, engine_used, sha, dims, legacy = got or _from_tf(spec, log)
+            got = None if any(t.legacy for t in targets) else from_card(spec)
+            forward, engine_used, sha, dims, legacy = got or from_tf(spec, log)
             for t, tag in zip(targets, spec.layer_tags):
                 t.accept_weights(sha, log, legacy.get(tag, frozenset()))
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
@@ -365,93 +361,6 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
         if len(f["failed_path"]) != len(failed):
             return True
         return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
-
-
-@dataclass(frozen=True)
-class _ModelSpec:
-    """Everything that decides the feature model and how it runs."""
-
-    bb: Any
-    weights: str
-    settings: dict[str, Any]
-    choices: list[str]
-    layer_tags: list[str]
-    seed: int
-    engine: str
-    batch_size: int
-    artifacts: Any
-    precision: str
-    devices: str
-
-
-class _Model(NamedTuple):
-    """A feature model ready to run: its forward pass, the engine, the whole-backbone weights checksum, the column
-    width of each layer choice, and per layer tag the checksums alzmri 0.1.0 recorded for these weights."""
-
-    forward: Forward
-    engine: str
-    sha: str
-    dims: list[int]
-    legacy: dict[str, frozenset[str]]
-
-
-def _from_card(spec: _ModelSpec) -> _Model | None:
-    """The model from a model card and its verified export, without TF; else None."""
-    from featurize import modelcard
-
-    if spec.devices == "mirrored":
-        return None
-    got = modelcard.cached_forward(engines_dir(spec.artifacts), spec.settings, spec.layer_tags, spec.seed, spec.engine,
-                                   spec.batch_size)
-    return None if got is None else _Model(*got, legacy={})
-
-
-def _from_tf(spec: _ModelSpec, log: Log) -> _Model:
-    """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
-    from featurize import devices, modelcard
-    from featurize.engines import engine_key, is_light, make_engine
-
-    st = spec.settings
-    strategy = devices.make_strategy(spec.devices)
-    model, preprocess, dims, sha, legacy = devices.build_feature_model(
-        lambda: _build(spec.bb, spec.weights, st, spec.choices, spec.seed), strategy, spec.precision)
-    legacy = dict(zip(spec.layer_tags, legacy))
-    if spec.precision != "float32" or devices.replicas(strategy) > 1:
-        if spec.engine in ("onnx", "openvino"):
-            log(f"engine {spec.engine}: mixed precision and several devices run on TF; using tf")
-        return _Model(devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims, legacy)
-    key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"])
-    folder = engines_dir(spec.artifacts)
-    forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
-    source = modelcard.weights_source(st["backbone"], st["weights"], spec.seed)
-    if used != "tf" and source is not None:
-        hw = (int(model.input_shape[1]), int(model.input_shape[2]))
-        with contextlib.suppress(OSError):  # a card only saves time; failing to write one costs nothing else
-            modelcard.write_card(modelcard.card_path(folder, st, spec.layer_tags, spec.seed), source, sha, dims, key, hw,
-                                 light=is_light(model), tags=spec.layer_tags)
-    return _Model(forward, used, sha, dims, legacy)
-
-
-def _build(bb: Any, weights: str, settings: dict[str, Any], choices: list[str],
-           seed: int) -> tuple[Any, Any, list[int], str, list[frozenset[str]]]:
-    """One model for every layer choice: outputs concatenated, with the column width of each choice, the whole
-    backbone's weights checksum, and per choice the legacy checksums that identify the same weights."""
-    from featurize.tfquiet import import_tensorflow
-
-    import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
-    import keras
-
-    w, h = parse_size(settings["image_size"])
-    base = build_base(bb, weights, (w, h), seed=seed)
-    heads = [feature_model(base, resolve_layers(bb, c), settings["pooling"], prefix=f"c{i}_" if i else "")
-             for i, c in enumerate(choices)]
-    dims = [int(m.output.shape[-1]) for m in heads]
-    sha = weights_checksum(base)
-    legacy = [frozenset(legacy_checksums(base, covering=len(m.weights))) for m in heads]
-    if len(heads) == 1:
-        return heads[0], bb.preprocess_fn(), dims, sha, legacy
-    outs = keras.layers.Concatenate(name="all_choices")([m.output for m in heads])
-    return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims, sha, legacy
 
 
 def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,

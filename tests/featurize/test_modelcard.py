@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from featurize import engines, modelcard
+from featurize import engines, extractor, modelcard
 from featurize import run as frun
 from featurize.config import engines_dir
 from tests.conftest import write_images
@@ -44,7 +44,7 @@ def test_a_matching_card_skips_the_build_and_gives_the_tf_features(carded: Path,
 
     data = _data(tmp_path, "b", 1)
     reference = featurize.load(frun.featurize_dataset(data, engine="tf", artifacts=tmp_path / "ref", **FAST).cache)
-    monkeypatch.setattr(frun, "_build", lambda *a, **k: pytest.fail("built the model although a card matched"))
+    monkeypatch.setattr(extractor, "build", lambda *a, **k: pytest.fail("built the model although a card matched"))
     res = frun.featurize_dataset(data, engine="onnx", artifacts=carded, **FAST)
     assert res.n_computed == 12 and res.settings["engine"] == "onnx"
     assert res.settings["weights_sha256"] == reference.meta["weights_sha256"]
@@ -59,8 +59,8 @@ def test_an_export_changed_after_its_check_means_the_tf_path(carded: Path, tmp_p
     export = next(engines_dir(carded).glob("*.onnx"))
     os.utime(export, ns=(export.stat().st_atime_ns, export.stat().st_mtime_ns + 10**9))  # newer than its stored check
     built: list[int] = []
-    real = frun._build
-    monkeypatch.setattr(frun, "_build", lambda *a, **k: built.append(1) or real(*a, **k))
+    real = extractor.build
+    monkeypatch.setattr(extractor, "build", lambda *a, **k: built.append(1) or real(*a, **k))
     res = frun.featurize_dataset(_data(tmp_path, "b", 1), engine="onnx", artifacts=carded, **FAST)
     assert built == [1] and res.settings["engine"] == "onnx"
 

@@ -18,7 +18,7 @@ from featurize import subject_inference as si
 from featurize import subjects as fs
 from featurize.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "alzheimer-mri"
 SIZE = (64, 76)  # small synthetic slices: thumbnails are 32 x 32 anyway
 
