@@ -66,10 +66,21 @@ def _private_signing_key(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _tf_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test that imports TensorFlow must carry the ``tf`` marker, so that ``-m "not tf"`` really is the fast
-    numpy/scikit-learn suite (seen whenever TF was not imported by an earlier test of the same process)."""
+def _tf_marker_is_honest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that uses TensorFlow in-process must carry the ``tf`` marker, so that ``-m "not tf"`` really is the
+    fast numpy/scikit-learn suite. Seen two ways: TF gets imported during the test, or the test goes through
+    ``featurize.tfquiet.import_tensorflow`` (every model build does), even when an earlier test imported TF."""
+    from featurize import tfquiet
+
+    used: list[bool] = []
+    real = tfquiet.import_tensorflow
+
+    def spy() -> object:
+        used.append(True)
+        return real()
+
+    monkeypatch.setattr(tfquiet, "import_tensorflow", spy)
     before = "tensorflow" in sys.modules
     yield
-    if not before and "tensorflow" in sys.modules and request.node.get_closest_marker("tf") is None:
-        pytest.fail(f"{request.node.nodeid} imported TensorFlow but is not marked tf", pytrace=False)
+    if (used or (not before and "tensorflow" in sys.modules)) and request.node.get_closest_marker("tf") is None:
+        pytest.fail(f"{request.node.nodeid} uses TensorFlow but is not marked tf", pytrace=False)

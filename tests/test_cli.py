@@ -182,6 +182,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return data, art, path
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @needs_onnx
 def test_predict_on_a_model_card_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
     data, _, model = bundle
@@ -192,6 +194,8 @@ def test_predict_on_a_model_card_never_imports_tensorflow(bundle: tuple[Path, Pa
     assert tf is False
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @needs_onnx
 def test_a_fully_cached_featurize_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
     data, art, _ = bundle
@@ -202,6 +206,8 @@ def test_a_fully_cached_featurize_never_imports_tensorflow(bundle: tuple[Path, P
     assert tf is False
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @needs_onnx
 def test_report_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, art, _ = bundle
@@ -211,6 +217,8 @@ def test_report_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_pa
     assert tf is False
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 @needs_onnx
 def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
     # the same signed bundle where no engines folder is beside it: predict must rebuild the backbone with TF

@@ -46,6 +46,7 @@ def test_each_head_separates_blobs_under_subject_cv(head: str) -> None:
     assert res.model.predict(synthetic().X[:3]).shape == (3,)
 
 
+@pytest.mark.slow
 def test_shuffled_labels_score_near_chance_and_permutation_check_agrees() -> None:
     fs = synthetic(subjects=10, sep=3.0, seed=3)
     rng = np.random.default_rng(0)

@@ -36,6 +36,8 @@ def _by_path(folds: list[tuple[np.ndarray, np.ndarray]], paths: np.ndarray) -> l
     return [(sorted(paths[tr]), sorted(paths[te])) for tr, te in folds]
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_heads_and_cnns_get_identical_folds_for_one_seed_under_each_protocol(tmp_path: Path) -> None:
     from featurize.run import featurize_dataset
     from featurize.store import load

@@ -35,6 +35,7 @@ def _cache(root: Path, art: Path, fs: FeatureSet, backbone: str = "mobilenetv2")
     return path
 
 
+@pytest.mark.slow
 def test_classify_dataset_end_to_end(tmp_path: Path) -> None:
     root, art = tmp_path / "data", tmp_path / "art"
     _cache(root, art, synthetic(subjects=6, slices=3, split=True))

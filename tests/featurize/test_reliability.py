@@ -33,6 +33,7 @@ def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_images(data, "kaggle", n_per_class=50)  # 200 images
@@ -59,6 +60,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.X, b.X, atol=1e-6)
 
 
+@pytest.mark.tf
 def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, artifacts: Path) -> None:
     cache = frun.cache_path(kaggle_root, frun.settings_for("mobilenetv2", "none", "32x32", "avg", "stretch", "last"))
     with store.locked(cache):
@@ -67,6 +69,7 @@ def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, a
     assert frun.featurize_dataset(kaggle_root, **FAST).n_computed == 20
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_old_state_valid(kaggle_root: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = frun.featurize_dataset(kaggle_root, **FAST)
     old = featurize.load(first.cache)
@@ -129,6 +132,7 @@ def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
     assert grown_mb < 200  # a full 12k x 12k RGB decode alone would be 432 MB
 
 
+@pytest.mark.tf
 def test_unicode_spaces_quotes_and_symlinks(tmp_path: Path, artifacts: Path) -> None:
     root = tmp_path / "dätä set"
     write_images(root, "folders", n_per_class=3)
@@ -166,6 +170,7 @@ def test_train_test_class_mismatch_is_reported(tmp_path: Path) -> None:
     assert any("Empty" in p and "empty class folder" in p for p in ds.problems)
 
 
+@pytest.mark.slow
 def test_cache_from_an_older_format_is_rebuilt(kaggle_root: Path, artifacts: Path) -> None:
     import h5py
 
@@ -178,6 +183,7 @@ def test_cache_from_an_older_format_is_rebuilt(kaggle_root: Path, artifacts: Pat
     assert featurize.load(again.cache).meta["format_version"] == store.FORMAT_VERSION
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_classify_keeps_only_finished_rows_and_a_rerun_completes(kaggle_root: Path, artifacts: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import pandas as pd

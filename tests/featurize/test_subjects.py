@@ -258,6 +258,7 @@ def test_read_subjects_csv_errors(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------- real data
 
 
+@pytest.mark.slow
 def test_real_kaggle_data_has_160_subjects_all_leaking() -> None:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not present ({SHARED_DATA})")

@@ -27,6 +27,7 @@ print(json.dumps({"grew_kib": after - before, "slices": len(scans[0].slices), "s
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_big_volume_peak_rss_growth_under_3x(tmp_path: Path, suffix: str) -> None:
     data = np.zeros(SHAPE, dtype=np.int16, order="F")
