@@ -24,7 +24,7 @@ def load_baseline(model_path: str | os.PathLike[str]) -> tuple[Any, dict[str, An
         raise AlzmriError(f"{side}: missing or unreadable sidecar ({exc}); retrain with `alzmri baseline`") from None
     from classify.cnn.keras_objects import keras  # registers alzmri>BackbonePreprocess for loading
 
-    return keras.models.load_model(str(path), compile=False, safe_mode=True)  # no Lambda code, meta
+    return keras.models.load_model(str(path), compile=False, safe_mode=True), meta  # safe_mode: no Lambda code
 
 
 def predict_files(model_path: str | os.PathLike[str], paths: Sequence[str], *,
