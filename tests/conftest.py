@@ -61,8 +61,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_signing_key(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Never touch the user's real model-signing key from tests."""
+    """Never touch the user's real model-signing key, the repo's artifacts folder or matplotlib's config from tests
+    (a test that wants its own artifacts folder takes the ``artifacts`` fixture)."""
     os.environ["ALZMRI_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "signing.key")
+    os.environ["ALZMRI_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
+    os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("mplconfig"))
 
 
 @pytest.fixture(autouse=True)
