@@ -33,6 +33,7 @@ def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.tf
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -69,6 +70,7 @@ def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, a
     assert frun.featurize_dataset(kaggle_root, **FAST).n_computed == 20
 
 
+@pytest.mark.tf
 @pytest.mark.slow
 def test_disk_full_keeps_the_old_state_valid(kaggle_root: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = frun.featurize_dataset(kaggle_root, **FAST)
@@ -175,6 +177,7 @@ def test_train_test_class_mismatch_is_reported(tmp_path: Path) -> None:
     assert any("Empty" in p and "empty class folder" in p for p in ds.problems)
 
 
+@pytest.mark.tf
 @pytest.mark.slow
 def test_cache_from_an_older_format_is_rebuilt(kaggle_root: Path, artifacts: Path) -> None:
     import h5py
@@ -188,6 +191,7 @@ def test_cache_from_an_older_format_is_rebuilt(kaggle_root: Path, artifacts: Pat
     assert featurize.load(again.cache).meta["format_version"] == store.FORMAT_VERSION
 
 
+@pytest.mark.tf
 @pytest.mark.slow
 def test_ctrl_c_in_classify_keeps_only_finished_rows_and_a_rerun_completes(kaggle_root: Path, artifacts: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:

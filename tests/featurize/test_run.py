@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import featurize
+from featurize import extractor
 from featurize import run as frun
 from featurize.dataset import scan
 from featurize.errors import AlzmriError, CacheError, DataError
@@ -128,7 +129,7 @@ def test_incremental_rerun_computes_nothing_then_only_new(kaggle_root: Path, art
         raise AssertionError("a fully cached rerun must not build the model")
 
     with monkeypatch.context() as m:
-        m.setattr(frun, "build_base", no_model)
+        m.setattr(extractor, "build_base", no_model)
         again = _feat(kaggle_root)
     assert again.n_computed == 0 and first.cache.stat().st_mtime_ns == before
     shutil.copy(kaggle_root / "train" / "MildDemented" / "img0.png", kaggle_root / "train" / "MildDemented" / "new.png")
