@@ -88,3 +88,46 @@ def test_names_add_parts_only_when_they_differ_from_defaults(key: Path, tmp_path
     b, _ = _bundle()
     save_bundle(p, b)
     assert list_bundles("ds-1234", tmp_path) == [p]
+
+
+class _Evil:
+    """Unpickling this creates ``path``: what a hostile model file would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_a_hostile_pickle_is_refused_before_unpickling(key: Path, tmp_path: Path) -> None:
+    """Through the real CLI: unsigned, with a copied signature, or signed with another key, the file never runs."""
+    import os
+    import subprocess
+    import sys
+
+    import joblib
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[2]
+    image = tmp_path / "slice.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    genuine = save_bundle(tmp_path / "genuine.joblib", _bundle()[0])
+    cases = {"unsigned": None, "copied": sig_path(genuine).read_text(),
+             "other-key": json.dumps({"hmac": "0" * 64, "sha256": "0" * 64})}
+    for name, sig in cases.items():
+        marker = tmp_path / f"ran-{name}"
+        evil = tmp_path / f"{name}.joblib"
+        joblib.dump(_Evil(str(marker)), evil)
+        if sig is not None:
+            sig_path(evil).write_text(sig)
+        with pytest.raises(AlzmriError, match="arbitrary code"):
+            load_bundle(evil)
+        proc = subprocess.run([sys.executable, "cli.py", "predict", "--model", str(evil), str(image)], cwd=repo,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+        assert proc.returncode != 0 and "arbitrary code" in proc.stderr, (name, proc.stderr)
+        assert not marker.exists(), f"{name}: the hostile pickle ran"
+    # the check itself: the same pickle, once unpickled, does create its marker
+    joblib.load(tmp_path / "unsigned.joblib")
+    assert (tmp_path / "ran-unsigned").exists()
