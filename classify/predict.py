@@ -103,8 +103,8 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
     """Rebuild the backbone with TF, with the bundle's layer taps; refuse other weights than the head was trained on.
 
     A bundle made by alzmri 0.1.0 from a mid-layer cache recorded the checksum of a truncated model: it is accepted
-    when it is that of these very weights (``backbones.legacy_checksums``)."""
-    from featurize.backbones import build_base, feature_model, legacy_checksums, resolve_layers, weights_checksum
+    when it is that of these very weights (``backbones.prefix_checksums``)."""
+    from featurize.backbones import build_base, feature_model, prefix_checksums, resolve_layers
     from featurize.devices import precision_policy
     from featurize.pipeline import make_forward
 
@@ -112,9 +112,10 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
         base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
         layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
         model = feature_model(base, layers, spec.get("pooling", "avg"))
-    got, want = weights_checksum(base), str(spec.get("weights_sha256") or "")
+    prefixes = prefix_checksums(base)
+    got, want = prefixes[-1], str(spec.get("weights_sha256") or "")
     if want and got != want:
-        if want not in legacy_checksums(base, covering=len(model.weights)):
+        if want not in prefixes[len(model.weights) - 1:]:
             raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was "
                                f"trained on ({want[:12]}); features would not match, so predict refuses")
         log(f"the model records the checksum of a truncated {bb.name} (alzmri 0.1.0); verified: same weights")

@@ -107,28 +107,27 @@ def file_sha256(path: str | Path) -> str:
 CHECKSUM_SCOPE = "backbone"
 
 
+def prefix_checksums(base: Any) -> list[str]:
+    """SHA-256 over the weight tensors of the headless backbone ``base`` in Keras's order, after each tensor.
+
+    The last entry is the weights checksum recorded everywhere (``weights_checksum``). Entry ``k - 1`` is what alzmri
+    0.1.0 recorded for a feature model holding the first ``k`` tensors: it hashed the pass's feature model, whose
+    tensors are a prefix of the backbone's (checked for every registered backbone). A cache whose features need
+    ``n`` tensors may carry any entry from ``n - 1`` on (the pass's deepest tap is at or below its own)."""
+    h = hashlib.sha256()
+    out = []
+    for w in base.weights:
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+        out.append(h.hexdigest())
+    return out or [h.hexdigest()]
+
+
 def weights_checksum(base: Any) -> str:
     """SHA-256 over every weight tensor of the whole headless backbone ``base``, in Keras's order.
 
     It identifies the weights: the same for every layer choice, engine and pass (``build_base`` output, not a
     ``feature_model`` cut at a mid layer)."""
-    h = hashlib.sha256()
-    for w in base.weights:
-        h.update(np.ascontiguousarray(w.numpy()).tobytes())
-    return h.hexdigest()
-
-
-def legacy_checksums(base: Any, *, covering: int) -> set[str]:
-    """The checksums alzmri 0.1.0 may have recorded for features of ``base`` that need its first ``covering`` weight
-    tensors: that version hashed the pass's feature model, whose tensors are a prefix of the backbone's (checked for
-    every registered backbone), cut at the pass's deepest tap, which is at or below this cache's own."""
-    h = hashlib.sha256()
-    out: set[str] = set()
-    for k, w in enumerate(base.weights, start=1):
-        h.update(np.ascontiguousarray(w.numpy()).tobytes())
-        if k >= covering:
-            out.add(h.hexdigest())
-    return out
+    return prefix_checksums(base)[-1]
 
 
 def build_base(backbone: Backbone, weights: str, size: tuple[int, int], *, seed: int = 0) -> Any:

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from featurize.backbones import Backbone, build_base, feature_model, legacy_checksums, resolve_layers, weights_checksum
+from featurize.backbones import Backbone, build_base, feature_model, prefix_checksums, resolve_layers
 from featurize.config import engines_dir
 from featurize.engines import Forward
 from featurize.images import parse_size
@@ -98,8 +98,9 @@ def build(bb: Backbone, weights: str, settings: dict[str, Any], choices: list[st
     heads = [feature_model(base, resolve_layers(bb, c), settings["pooling"], prefix=f"c{i}_" if i else "")
              for i, c in enumerate(choices)]
     dims = [int(m.output.shape[-1]) for m in heads]
-    sha = weights_checksum(base)
-    legacy = [frozenset(legacy_checksums(base, covering=len(m.weights))) for m in heads]
+    prefixes = prefix_checksums(base)  # one pass over the weights serves the checksum and the legacy ones
+    sha = prefixes[-1]
+    legacy = [frozenset(prefixes[len(m.weights) - 1:]) for m in heads]
     if len(heads) == 1:
         return heads[0], bb.preprocess_fn(), dims, sha, legacy
     outs = keras.layers.Concatenate(name="all_choices")([m.output for m in heads])

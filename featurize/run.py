@@ -180,7 +180,7 @@ class _Target:
     @property
     def legacy(self) -> bool:
         """True when rows cached here carry alzmri 0.1.0's checksum of a model cut at a mid layer, which only the TF
-        build can check (see ``backbones.legacy_checksums``). ``last`` caches recorded the whole backbone already."""
+        build can check (see ``backbones.prefix_checksums``). ``last`` caches recorded the whole backbone already."""
         if self.settings["layers"] == "last":
             return False
         old = self.src.old is not None and self.src.old_attrs.get("weights_sha256_scope") != CHECKSUM_SCOPE
@@ -202,7 +202,8 @@ class _Target:
             log(f"{self.cache}: recorded the checksum of a truncated model (alzmri 0.1.0); verified the same weights, "
                 "cached rows kept and relabelled with the whole backbone's checksum")
             self.migrated = True
-        adopt = self.migrated and bool(self.journal_sha)
+        # rows of a journal that passed the check are kept, and its marker relabelled (an older marker lacks the scope)
+        adopt = bool(self.journal_sha) and not (stale_old or stale_journal)
         self.settings = {**self.settings, "weights_sha256": sha, "weights_sha256_scope": CHECKSUM_SCOPE}
         self.journal = store.open_journal(self.cache, self.settings, adopt=adopt)
 
@@ -268,8 +269,8 @@ def featurize_layers(
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
-            spec = ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, (engine or "auto").lower(),
-                              batch_size, artifacts, precision, devices)
+            spec = ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, engine,
+                             batch_size, artifacts, precision, devices)
             # a legacy checksum can only be checked against the TF build, so such a cache skips the card once
             got = None if any(t.legacy for t in targets) else from_card(spec)
             forward, engine_used, sha, dims, legacy = got or from_tf(spec, log)
