@@ -145,9 +145,9 @@ def _root() -> None:
 @app.command(cls=_Command)
 def featurize(
     data: Optional[str] = typer.Option(None, "--data", help="Data root or CSV manifest."),
-    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False, help="Backbone (--list shows inputs and widths)."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none (random init) | PATH to a Keras weights file."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT, e.g. 176x208 (native); default: the backbone's."),
+    backbone: Optional[Backbone] = typer.Option(None, "--backbone", "-b", case_sensitive=False, help="Backbone (--list shows inputs and widths) [default: the --weights entry's, else mobilenetv2]."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none (random init) | a weights catalog NAME (alzmri weights) | PATH to a Keras weights file."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT, e.g. 176x208 (native); default: the weights' native size."),
     pooling: Pooling = typer.Option("avg", "--pooling", help="Global pooling."),
     resize: Resize = typer.Option("stretch", "--resize", help="stretch, or pad: keep the aspect, pad with black."),
     layers: list[str] = typer.Option(["last"], "--layers", metavar="<last|mid|multi|LAYER,...>", help="Layer choice (pooled, concatenated); repeat the option to cache several choices in one pass."),
@@ -224,6 +224,26 @@ def classify(
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
+
+
+@app.command(cls=_Command)
+def weights(
+    artifacts: Optional[str] = ArtifactsOpt,
+) -> None:
+    """List the weights catalog: each name's backbone, source, preprocessing, native input and provenance.
+
+    Built-in: imagenet and none for every backbone. More come from TOML files named by $ALZMRI_WEIGHTS_CATALOG and
+    from ARTIFACTS/weights.toml (the format: docs/weights.example.toml)."""
+    from featurize.weights_catalog import list_entries
+
+    rows = _run(lambda: list_entries(artifacts))
+    out.print(f"{'name':<18}{'backbone':<16}{'input':<9}{'preprocess':<24}source / provenance", highlight=False)
+    for r in rows:
+        if r["name"] in ("imagenet", "none") and r["backbone"] != "mobilenetv2":
+            continue  # one line each for the built-ins: they serve every backbone alike
+        backbone = r["backbone"] if r["name"] not in ("imagenet", "none") else "(any)"
+        out.print(f"{r['name']:<18}{backbone:<16}{r['input']:<9}{r['preprocess']:<24}{r['source']}: {r['provenance']}",
+                  highlight=False, markup=False)
 
 
 @app.command(cls=_Command)

@@ -37,14 +37,32 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return files
 
 
-def _weights_arg(tag: str, weights: str | None) -> str:
-    if tag == "imagenet":
-        return "imagenet"
-    if tag == "random-init":
-        return "none"
-    if not weights:
-        raise WeightsError(f"this model was trained on features from a weights file ({tag}); pass the same file with --weights PATH")
-    return weights
+def _weights_arg(tag: str, weights: str | None, backbone: str = "") -> str:
+    """What to load for weights labelled ``tag``: given ``--weights`` wins, else the built-ins and the weights
+    catalog's entry of that tag (``featurize.weights_catalog.resolve_tag``)."""
+    from featurize.weights_catalog import resolve, resolve_tag
+
+    if weights:  # a catalog name, a path, imagenet or none
+        return resolve(weights, backbone or None).load
+    got = resolve_tag(tag, backbone) if backbone else {"imagenet": "imagenet", "random-init": "none"}.get(tag)
+    if got is None:
+        raise WeightsError(f"this model was trained on features from a weights file ({tag}); pass the same file with "
+                           "--weights PATH, or the weights catalog name it came from")
+    return got
+
+
+def _weights_tag(tag: str, weights: str | None, backbone: str) -> str:
+    """The tag featurize gives the weights that would be loaded now (a file by its SHA-256, under the bundle's
+    catalog name when it has one)."""
+    from featurize.backbones import weights_tag
+
+    load = _weights_arg(tag, weights, backbone)
+    name = tag.rpartition("-")[0]
+    if load not in ("imagenet", "none") and name and name != "file":
+        from featurize.backbones import file_sha256
+
+        return f"{name}-{file_sha256(load)[:10]}"
+    return weights_tag(load)
 
 
 def bundle_features(spec: dict[str, Any], files: list[str], *, batch_size: int = 32, weights: str | None = None,
@@ -56,12 +74,12 @@ def bundle_features(spec: dict[str, Any], files: list[str], *, batch_size: int =
     Returns features (rows of unreadable files are NaN) and the error per file ("" when fine).
     """
     from featurize.backbones import get_backbone
-    from featurize.images import parse_size
     from featurize.pipeline import image_batches
     from featurize.progress import progress_bar
+    from featurize.spec import FeatureSpec
 
     bb = get_backbone(spec["backbone"])
-    size = parse_size(spec["image_size"])
+    size = FeatureSpec.from_attrs(spec).size
     forward = _forward_from_card(spec, weights, batch_size, engines) if engines is not None else None
     if forward is None:
         forward = _forward_from_tf(spec, bb, size, weights, batch_size, log)
@@ -82,15 +100,15 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
     """The backbone from the model card and verified ONNX export that featurize left in ``engines`` (no TF), for
     exactly the bundle's layer taps (cut out of a multi-choice pass when needed) and for exactly the weights the head
     was trained on; else None."""
-    from featurize.backbones import weights_tag
     from featurize.modelcard import cached_forward_for
 
     try:  # the weights given now, labelled as featurize labels them (a file by its SHA-256)
-        tag = weights_tag(_weights_arg(str(spec["weights"]), weights))
+        tag = _weights_tag(str(spec["weights"]), weights, str(spec["backbone"]))
     except WeightsError:
         return None
     settings = {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
-                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision")}
+                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision"),
+                "preprocess": spec.get("preprocess") or ""}
     got = cached_forward_for(engines, settings, str(spec.get("layers") or "last"), int(spec.get("seed", 0) or 0), "auto",
                              batch_size)
     if got is None or got[1] != spec.get("weights_sha256"):
@@ -107,9 +125,10 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
     from featurize.backbones import build_base, feature_model, prefix_checksums, resolve_layers
     from featurize.devices import precision_policy
     from featurize.pipeline import make_forward
+    from featurize.weights_catalog import preprocess_fn
 
     with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
-        base = build_base(bb, _weights_arg(str(spec["weights"]), weights), size, seed=int(spec.get("seed", 0) or 0))
+        base = build_base(bb, _weights_arg(str(spec["weights"]), weights, bb.name), size, seed=int(spec.get("seed", 0) or 0))
         layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
         model = feature_model(base, layers, spec.get("pooling", "avg"))
     prefixes = prefix_checksums(base)
@@ -119,7 +138,7 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
             raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was "
                                f"trained on ({want[:12]}); features would not match, so predict refuses")
         log(f"the model records the checksum of a truncated {bb.name} (alzmri 0.1.0); verified: same weights")
-    return make_forward(model, bb.preprocess_fn(), batch_size)
+    return make_forward(model, preprocess_fn(bb, spec.get("preprocess") or ""), batch_size)
 
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,

@@ -73,11 +73,15 @@ def cpu_runtime(engine: str) -> str | None:
     return next((r for r in names if not missing_packages(r)), None)
 
 
-def engine_key(backbone: str, weights_sha256: str, image_size: str, layers: str | list[str], pooling: str) -> str:
-    """The export cache key: (backbone, weights checksum, input size, layers, pooling), file-name safe."""
+def engine_key(backbone: str, weights_sha256: str, image_size: str, layers: str | list[str], pooling: str,
+               preprocess: str = "") -> str:
+    """The export cache key: (backbone, weights checksum, input size, layers, pooling, and the preprocessing when it
+    is not the architecture's own: the export contains it), file-name safe."""
     if not isinstance(layers, str):
         layers = "+".join(layers)
     raw = f"{backbone}__{weights_sha256[:16]}__{image_size}__{layers or 'last'}__{pooling}"
+    if preprocess:
+        raw += f"__{preprocess}"
     return _safe(raw)
 
 

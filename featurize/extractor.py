@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 from featurize.backbones import Backbone, build_base, feature_model, prefix_checksums, resolve_layers
 from featurize.config import engines_dir
 from featurize.engines import Forward
-from featurize.images import parse_size
+from featurize.spec import FeatureSpec
 
 Log = Callable[[str], None]
 
@@ -72,7 +72,7 @@ def from_tf(spec: ModelSpec, log: Log) -> FeatureModel:
         if spec.engine in ("onnx", "openvino"):
             log(f"engine {spec.engine}: mixed precision and several devices run on TF; using tf")
         return FeatureModel(devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims, legacy)
-    key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"])
+    key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"], st.get("preprocess", ""))
     folder = engines_dir(spec.artifacts)
     forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
     source = modelcard.weights_source(st["backbone"], st["weights"], spec.seed)
@@ -93,15 +93,17 @@ def build(bb: Backbone, weights: str, settings: dict[str, Any], choices: list[st
     import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
     import keras
 
-    w, h = parse_size(settings["image_size"])
-    base = build_base(bb, weights, (w, h), seed=seed)
-    heads = [feature_model(base, resolve_layers(bb, c), settings["pooling"], prefix=f"c{i}_" if i else "")
+    from featurize.weights_catalog import preprocess_fn
+
+    fspec = FeatureSpec.from_attrs(settings)
+    base = build_base(bb, weights, fspec.size, seed=seed)
+    heads = [feature_model(base, resolve_layers(bb, c), fspec.pooling, prefix=f"c{i}_" if i else "")
              for i, c in enumerate(choices)]
     dims = [int(m.output.shape[-1]) for m in heads]
     prefixes = prefix_checksums(base)  # one pass over the weights serves the checksum and the legacy ones
     sha = prefixes[-1]
     legacy = [frozenset(prefixes[len(m.weights) - 1:]) for m in heads]
     if len(heads) == 1:
-        return heads[0], bb.preprocess_fn(), dims, sha, legacy
+        return heads[0], preprocess_fn(bb, fspec.preprocess), dims, sha, legacy
     outs = keras.layers.Concatenate(name="all_choices")([m.output for m in heads])
-    return keras.Model(base.input, outs, name=f"{base.name}_choices"), bb.preprocess_fn(), dims, sha, legacy
+    return keras.Model(base.input, outs, name=f"{base.name}_choices"), preprocess_fn(bb, fspec.preprocess), dims, sha, legacy

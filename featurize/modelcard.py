@@ -68,7 +68,7 @@ def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], layer_ta
     """The card of a feature model: backbone, weights label, size, resolved layer tags (one per cache the model
     feeds, e.g. ``["last"]``), pooling and seed."""
     raw = "__".join([settings["backbone"], settings["weights"], settings["image_size"], ",".join(layer_tags),
-                     settings["pooling"], f"seed{seed}"])
+                     settings["pooling"], f"seed{seed}", *([settings["preprocess"]] if settings.get("preprocess") else [])])
     return Path(folder) / (re.sub(r"[^A-Za-z0-9._+-]+", "_", raw)[:200] + ".card.json")
 
 

@@ -15,13 +15,7 @@ import h5py
 import numpy as np
 
 from featurize import store
-from featurize.backbones import (
-    CHECKSUM_SCOPE,
-    get_backbone,
-    layers_tag,
-    resolve_layers,
-    weights_tag,
-)
+from featurize.backbones import CHECKSUM_SCOPE, layers_tag, resolve_layers
 from featurize.config import features_dir
 from featurize.dataset import Dataset, scan
 from featurize.errors import AlzmriError, CacheError
@@ -29,6 +23,8 @@ from featurize.extractor import ModelSpec, from_card, from_tf
 from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
 from featurize.progress import progress_bar
+from featurize.spec import FeatureSpec
+from featurize.weights_catalog import WeightsChoice
 
 Log = Callable[[str], None]
 
@@ -49,25 +45,35 @@ class FeaturizeResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def settings_for(backbone: str, weights: str, image_size: str | None, pooling: str, resize: str, layers: str,
-                 precision: str = "float32") -> dict[str, Any]:
-    """The settings that name a cache (all but the weights checksum, which needs the model).
+def settings_for(backbone: str | None, weights: str, image_size: str | None, pooling: str, resize: str, layers: str,
+                 precision: str = "float32", *, artifacts: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The settings that name a cache (all but the weights checksum, which needs the model), as cache attributes.
 
-    ``precision="mixed"`` adds the Keras policy it means here (``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a
-    CPU), which imports TF; float32 does not appear, so float32 caches keep their names."""
-    bb = get_backbone(backbone)
+    ``weights`` resolves through the weights catalog (``featurize.weights_catalog``): its entry decides the default
+    input size and the preprocessing. ``precision="mixed"`` adds the Keras policy it means here (``mixed_float16`` on
+    a GPU, ``mixed_bfloat16`` on a CPU), which imports TF; float32 does not appear, so float32 caches keep their names."""
+    from featurize.weights_catalog import resolve
+
+    return feature_spec(resolve(weights, backbone, artifacts=artifacts), image_size, pooling, resize, layers,
+                        precision).to_attrs()
+
+
+def feature_spec(choice: WeightsChoice, image_size: str | None, pooling: str, resize: str, layers: str,
+                 precision: str = "float32") -> FeatureSpec:
+    """The ``FeatureSpec`` of one layer choice under resolved weights."""
+    bb = choice.backbone
     resize = choose("resize mode", resize, RESIZE_MODES)
     try:
-        size = parse_size(image_size) if image_size else (bb.input_size, bb.input_size)
+        size = parse_size(image_size) if image_size else choice.input_size
     except ValueError as exc:
         raise AlzmriError(str(exc)) from None
-    out = {"backbone": bb.name, "weights": weights_tag(weights), "image_size": f"{size[0]}x{size[1]}",
-           "pooling": pooling, "resize": resize, "layers": layers_tag(resolve_layers(bb, layers))}
+    policy = ""
     if precision != "float32":
         from featurize.devices import policy_name
 
-        out["precision"] = policy_name(precision)
-    return out
+        policy = policy_name(precision)
+    return FeatureSpec(backbone=bb.name, weights=choice.tag, size=size, pooling=pooling, resize=resize,
+                       layers=layers_tag(resolve_layers(bb, layers)), precision=policy, preprocess=choice.preprocess)
 
 
 def cache_path(data: str | os.PathLike[str], settings: dict[str, Any], artifacts: str | os.PathLike[str] | None = None) -> Path:
@@ -219,7 +225,7 @@ def featurize_dataset(data: str | os.PathLike[str], *, layers: str = "last", **k
 def featurize_layers(
     data: str | os.PathLike[str],
     *,
-    backbone: str = "mobilenetv2",
+    backbone: str | None = None,
     weights: str = "imagenet",
     image_size: str | None = None,
     pooling: str = "avg",
@@ -239,7 +245,8 @@ def featurize_layers(
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
-    A single pass of the backbone serves every choice; each cache computes only its missing images. ``engine``
+    A single pass of the backbone serves every choice; each cache computes only its missing images. ``backbone``
+    None takes the weights entry's (``--weights vgg16-brainmri``), else mobilenetv2. ``engine``
     is ``auto|tf|onnx|openvino``; ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) are the
     TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
     """
@@ -251,8 +258,11 @@ def featurize_layers(
     engine = choose("engine", (engine or "auto").lower(), ENGINES)
     precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
-    settings_list = [settings_for(backbone, weights, image_size, pooling, resize, c, precision) for c in choices]
-    bb = get_backbone(backbone)
+    from featurize.weights_catalog import resolve
+
+    choice = resolve(weights, backbone, artifacts=artifacts)
+    settings_list = [feature_spec(choice, image_size, pooling, resize, c, precision).to_attrs() for c in choices]
+    bb = choice.backbone
     t0 = time.perf_counter()
     ds = scan(data, classes)
     from featurize.grouping import resolve_subjects
@@ -269,7 +279,7 @@ def featurize_layers(
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
-            spec = ModelSpec(bb, weights, st, choices, [x["layers"] for x in settings_list], seed, engine,
+            spec = ModelSpec(bb, choice.load, st, choices, [x["layers"] for x in settings_list], seed, engine,
                              batch_size, artifacts, precision, devices)
             # a legacy checksum can only be checked against the TF build, so such a cache skips the card once
             got = None if any(t.legacy for t in targets) else from_card(spec)
@@ -372,7 +382,7 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
     """
     from featurize.pipeline import image_batches
 
-    size = parse_size(settings["image_size"])
+    size = FeatureSpec.from_attrs(settings).size
     forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
     sub = table.iloc[todo]
     paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()

@@ -25,43 +25,25 @@ import numpy as np
 from featurize.atomic import atomic_path
 from featurize.errors import CacheError
 from featurize.featureset import FeatureSet
+from featurize.spec import KEYS, FeatureSpec, identity
 
 FORMAT_VERSION = 1
-# Attributes that define a cache: a file whose values differ is never mixed with new rows.
-SETTING_KEYS = ("backbone", "weights", "weights_sha256", "image_size", "pooling", "resize", "layers", "precision")
+SETTING_KEYS = KEYS  # the attributes that define a cache (featurize.spec)
 _STR = h5py.string_dtype("utf-8")
 
 
-def identity(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a cache's features. ``precision`` is present only when it is not float32, so the
-    names and fingerprints of float32 caches do not depend on it."""
-    return {k: settings.get(k) for k in SETTING_KEYS if k != "precision" or settings.get("precision")}
-
-
 def variant_tag(settings: dict[str, Any]) -> str:
-    """The input settings of a cache that differ from its backbone's defaults, e.g. ``176x208`` or
-    ``224x224-max-pad``; "" for the defaults. It tells apart report rows and bundles of one backbone."""
-    from featurize.backbones import BACKBONES
-
-    bb = BACKBONES.get(str(settings.get("backbone", "")))
-    size = str(settings.get("image_size") or "")
-    default_size = f"{bb.input_size}x{bb.input_size}" if bb else size
-    extras = [str(settings[k]) for k, default in (("pooling", "avg"), ("resize", "stretch"))
-              if str(settings.get(k) or default) != default]
-    if settings.get("precision"):
-        extras.append(str(settings["precision"]))
-    if size == default_size and not extras:
+    """``FeatureSpec.variant_tag`` of a cache's settings; "" for features made elsewhere (``save``) without input
+    settings."""
+    try:
+        return FeatureSpec.from_attrs(settings).variant_tag()
+    except (KeyError, ValueError):
         return ""
-    return "-".join([size, *extras])
 
 
 def cache_name(settings: dict[str, Any]) -> str:
-    """File name of a cache, e.g. ``mobilenetv2__imagenet__224x224__avg__stretch__last.h5``
-    (``...__last__mixed_float16.h5`` under mixed precision)."""
-    parts = [settings[k] for k in ("backbone", "weights", "image_size", "pooling", "resize", "layers")]
-    if settings.get("precision"):
-        parts.append(settings["precision"])
-    return "__".join(str(p).replace("/", "_") for p in parts) + ".h5"
+    """``FeatureSpec.cache_name`` of ``settings``."""
+    return FeatureSpec.from_attrs(settings).cache_name()
 
 
 def find_caches(dataset_id: str, artifacts: str | os.PathLike[str] | None = None) -> list[Path]:
