@@ -386,13 +386,14 @@ def predict(
     by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Where featurize left its model cards and exports (engines/): a bundle runs from them without TF when they match [default: $ALZMRI_ARTIFACTS, else ./artifacts]."),
 ) -> None:
     """Predict the stage of new slices with a saved model (never needs the training data)."""
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
-                                                 progress=fmt == "table", log=_say))
+                                                 progress=fmt == "table", artifacts=artifacts, log=_say))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)

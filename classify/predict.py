@@ -143,11 +143,13 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
                   weights: str | None = None, by_subject: str | None = None, progress: bool = False,
+                  artifacts: str | os.PathLike[str] | None = None,
                   log: Log = lambda s: None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
 
     ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
-    slices' probabilities.
+    slices' probabilities. A bundle's backbone runs from the model cards and exports in ``artifacts``'s engines
+    folder (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one matches its weights checksum, else with TF.
     """
     at_least("--batch-size", batch_size, 1)
     files = expand_inputs(inputs)
@@ -163,11 +165,10 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
 
         bundle = load_bundle(path)
         class_names = list(bundle.class_names)
-        # a bundle in artifacts/models/<dataset>/ finds the exports and model cards in artifacts/engines/
-        parents = path.resolve().parents
-        engines = parents[2] / "engines" if len(parents) > 2 else None
+        from featurize.config import engines_dir
+
         X, errors = bundle_features(bundle.backbone, files, batch_size=batch_size, weights=weights, progress=progress,
-                                    engines=engines, log=log)
+                                    engines=engines_dir(artifacts), log=log)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():

@@ -41,6 +41,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "synth": [IMAGE_FORMATS, SPLITS],
     "demo": [NAMES],
     "predict": [],
+    "weights": [],
 }
 
 
@@ -186,8 +187,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.mark.tf
 @needs_onnx
 def test_predict_on_a_model_card_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    data, _, model = bundle
-    out, tf = run_cli(["predict", "--model", str(model), str(data / "test"), "--csv"], tmp_path)
+    data, art, model = bundle
+    out, tf = run_cli(["predict", "--model", str(model), str(data / "test"), "--csv", "--artifacts", str(art)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = out.stdout.strip().splitlines()
     assert rows[0].startswith("file,predicted") and len(rows) == 1 + 10
@@ -221,13 +222,14 @@ def test_report_never_imports_tensorflow(bundle: tuple[Path, Path, Path], tmp_pa
 @pytest.mark.tf
 @needs_onnx
 def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    # the same signed bundle where no engines folder is beside it: predict must rebuild the backbone with TF
+    # the same signed bundle with an artifacts folder that holds no engines: predict must rebuild the backbone with TF
     data, _, model = bundle
     moved = tmp_path / "art" / "models" / model.parent.name
     moved.mkdir(parents=True)
     for p in (model, model.with_name(model.name + ".sig")):
         (moved / p.name).write_bytes(p.read_bytes())
-    out, tf = run_cli(["predict", "--model", str(moved / model.name), str(data / "test"), "--csv"], tmp_path)
+    out, tf = run_cli(["predict", "--model", str(moved / model.name), str(data / "test"), "--csv", "--artifacts",
+                       str(tmp_path / "art")], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert tf is True and len(out.stdout.strip().splitlines()) == 1 + 10
     # TF's C++ start-up lines (absl, CUDA probing, oneDNN) must not reach the user's terminal

@@ -104,7 +104,7 @@ def test_predict_uses_the_model_card_and_export_without_building(tmp_path: Path,
     bundle_file = Path(df.attrs["bundles"][0])
     bundle = load_bundle(bundle_file)
     monkeypatch.setattr(featurize.backbones, "build_base", lambda *a, **k: pytest.fail("rebuilt the backbone with TF"))
-    table, _ = predict_paths(bundle_file, [data / "test"])
+    table, _ = predict_paths(bundle_file, [data / "test"], artifacts=art)
     fs = featurize.load(res.cache)
     by_path = {str(data / p): i for i, p in enumerate(fs.paths)}
     expected = bundle.predict_proba(fs.X[[by_path[f] for f in table["file"]]])
