@@ -82,7 +82,7 @@ def bundle_features(spec: dict[str, Any], files: list[str], *, batch_size: int =
     size = FeatureSpec.from_attrs(spec).size
     forward = _forward_from_card(spec, weights, batch_size, engines) if engines is not None else None
     if forward is None:
-        forward = _forward_from_tf(spec, bb, size, weights, batch_size, log)
+        forward = _forward_from_tf(spec, bb, weights, batch_size, log)
     feats: list[np.ndarray] = []
     errors: list[str] = []
     with progress_bar(len(files), "predict", enabled=progress) as advance:
@@ -116,29 +116,26 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
     return got[0]
 
 
-def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weights: str | None,
-                     batch_size: int, log: Log = lambda s: None) -> Callable[[np.ndarray], np.ndarray]:
+def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_size: int, log: Log = lambda s: None) -> Callable[[np.ndarray], np.ndarray]:
     """Rebuild the backbone with TF, with the bundle's layer taps; refuse other weights than the head was trained on.
 
     A bundle made by alzmri 0.1.0 from a mid-layer cache recorded the checksum of a truncated model: it is accepted
     when it is that of these very weights (``backbones.prefix_checksums``)."""
-    from featurize.backbones import build_base, feature_model, prefix_checksums, resolve_layers
     from featurize.devices import precision_policy
+    from featurize.extractor import build
     from featurize.pipeline import make_forward
-    from featurize.weights_catalog import preprocess_fn
 
+    choice = str(spec.get("layers") or "last").replace("+", ",")  # a layer tag names its taps; build resolves them
     with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
-        base = build_base(bb, _weights_arg(str(spec["weights"]), weights, bb.name), size, seed=int(spec.get("seed", 0) or 0))
-        layers = [] if spec.get("layers", "last") == "last" else resolve_layers(bb, str(spec["layers"]).replace("+", ","))
-        model = feature_model(base, layers, spec.get("pooling", "avg"))
-    prefixes = prefix_checksums(base)
-    got, want = prefixes[-1], str(spec.get("weights_sha256") or "")
+        model, preprocess, _, got, legacy = build(bb, _weights_arg(str(spec["weights"]), weights, bb.name), spec,
+                                                  [choice], int(spec.get("seed", 0) or 0))
+    want = str(spec.get("weights_sha256") or "")
     if want and got != want:
-        if want not in prefixes[len(model.weights) - 1:]:
+        if want not in legacy[0]:
             raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was "
                                f"trained on ({want[:12]}); features would not match, so predict refuses")
         log(f"the model records the checksum of a truncated {bb.name} (alzmri 0.1.0); verified: same weights")
-    return make_forward(model, preprocess_fn(bb, spec.get("preprocess") or ""), batch_size)
+    return make_forward(model, preprocess, batch_size)
 
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
