@@ -18,7 +18,6 @@ import hmac
 import io
 import json
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from featurize.atomic import write_bytes_durably
 from featurize.config import models_dir
 from featurize.errors import AlzmriError
+from featurize.naming import slug
 from featurize.store import SETTING_KEYS
 
 if TYPE_CHECKING:
@@ -92,20 +92,16 @@ def tool_version() -> str:
         return "0+unknown"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
-
-
 def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: str = "last", task: str = "stages",
                 protocol: str = "official", features: str = "") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
-    parts = [_slug(backbone), _slug(head)]
+    parts = [slug(backbone), slug(head)]
     for key, value in (("weights", weights), ("layers", layers), ("features", features), ("task", task),
                        ("protocol", protocol)):
         if value and value != DEFAULTS[key]:
             v = str(value)
             # Custom label maps can be long and full of symbols: name them by a short hash.
-            parts.append(f"custom-{hashlib.sha1(v.encode()).hexdigest()[:8]}" if v.startswith("custom:") else _slug(v))
+            parts.append(f"custom-{hashlib.sha1(v.encode()).hexdigest()[:8]}" if v.startswith("custom:") else slug(v))
     return "__".join(parts) + ".joblib"
 
 

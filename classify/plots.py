@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from featurize.atomic import atomic_path
+from featurize.naming import slug
 
 PROTOCOL_HATCH = {"official": "", "subject-cv": "//", "slice-cv": ".."}
 HEAD_ORDER = ("logreg", "svm", "mlp")
@@ -29,11 +29,6 @@ def _save(fig: Figure, path: Path) -> Path:
         FigureCanvasAgg(fig)
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
 
 def confusion_png(path: str | os.PathLike[str], cm: np.ndarray, class_names: list[str], title: str = "") -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.errors import DataError
+from featurize.naming import slug
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 SPLIT_NAMES = ("train", "test")
@@ -42,8 +42,7 @@ def dataset_id(data: str | os.PathLike[str]) -> str:
     """A stable, readable id for a data root or manifest: ``<name>-<8 hex of its absolute path>``."""
     resolved = Path(data).expanduser().resolve()
     stem = resolved.stem if resolved.suffix.lower() == ".csv" else resolved.name
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "data"
-    return f"{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    return f"{slug(stem, default='data')}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
 
 
 def file_sha1(path: str | os.PathLike[str]) -> str:

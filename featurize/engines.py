@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from featurize.atomic import atomic_path
+from featurize.naming import slug
 from featurize.options import choose
 from featurize.pipeline import cpu_threads
 
@@ -86,7 +86,7 @@ def engine_key(backbone: str, weights_sha256: str, image_size: str, layers: str 
 
 
 def _safe(key: str) -> str:
-    key = re.sub(r"[^A-Za-z0-9._+-]+", "_", key).strip("._") or "model"
+    key = slug(key, keep="._+-", strip="._", default="model")
     if len(key) > 180:  # long layer lists: keep the name short but unique
         import hashlib
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from featurize.atomic import atomic_path
 from featurize.backbones import CHECKSUM_SCOPE
+from featurize.naming import slug
 
 
 def weights_source(backbone: str, tag: str, seed: int) -> str | None:
@@ -69,7 +69,7 @@ def card_path(folder: str | os.PathLike[str], settings: dict[str, Any], layer_ta
     feeds, e.g. ``["last"]``), pooling and seed."""
     raw = "__".join([settings["backbone"], settings["weights"], settings["image_size"], ",".join(layer_tags),
                      settings["pooling"], f"seed{seed}", *([settings["preprocess"]] if settings.get("preprocess") else [])])
-    return Path(folder) / (re.sub(r"[^A-Za-z0-9._+-]+", "_", raw)[:200] + ".card.json")
+    return Path(folder) / (slug(raw, keep="._+-", strip="")[:200] + ".card.json")
 
 
 def cached_forward(folder: str | os.PathLike[str], settings: dict[str, Any], layer_tags: list[str], seed: int,
