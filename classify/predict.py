@@ -157,6 +157,10 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         raise AlzmriError(f"{path}: not a model file; pass a .joblib bundle from `alzmri classify` or a .keras model from `alzmri baseline`")
     table = _table(files, probs, errors, class_names)
     subjects = _by_subject(table, files, probs, class_names, by_subject, log) if by_subject else None
+    if path.suffix == ".joblib":  # the bundle's per-subject prediction sets, if it has them
+        from classify.conformal import bundle_sets
+
+        subjects = bundle_sets(bundle, subjects, table, X, ok, log)
     return table, subjects
 
 
