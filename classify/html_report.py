@@ -30,7 +30,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}
 h1{font-size:1.6em;margin-bottom:0}h2{margin-top:2em;border-bottom:2px solid #d0d7de;padding-bottom:4px}
 h3{margin-top:1.4em}p.note{color:#57606a;font-size:.9em;margin-top:2px}
-table{border-collapse:collapse;font-size:.82em;margin:8px 0}
+.scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:.82em;margin:8px 0}
 th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f6f8fa}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fbfcfd}
 .grid{display:flex;flex-wrap:wrap;gap:14px}.grid figure{margin:0;max-width:560px}
@@ -55,7 +55,7 @@ def _table(headers: Sequence[str], body: Iterable[Sequence[Any]], left: int = 0)
     head = "".join(f"<th{cls(i)}>{html.escape(str(h))}</th>" for i, h in enumerate(headers))
     rows = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>"
                    for r in body)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -87,7 +87,8 @@ def _calibration_table(df: pd.DataFrame) -> str:
     body = [[_label(r)] + [_num(r.get(c)) + (f" ± {_num(r.get(c + '_std'))}" if _num(r.get(c + "_std")) else "")
                            for c in cols] for _, r in df.iterrows() if _num(r.get("ece"))]
     return ("<h3>Calibration</h3><p class=\"note\">Brier score (halved for two classes) and top-label expected "
-            "calibration error (10 bins) on the test parts; subject level = mean slice probabilities per subject.</p>"
+            "calibration error (10 bins) on the test parts, mean ± std over folds (the diagrams pool the folds' bins, so their "
+            "ECE can differ); subject level = mean slice probabilities per subject.</p>"
             + _table(["configuration", "Brier", "ECE", "subject Brier", "subject ECE"], body, left=1))
 
 

@@ -66,7 +66,7 @@ def _panel(ax: Any, bins: dict[str, list[float]], unit: str, title: str) -> None
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("top-label confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\n{int(n.sum())} {unit}, ECE {ece_from_bins(bins):.3f} (numbers: {unit} per bin)", fontsize=8)
+    ax.set_title(f"{title}\n{int(n.sum())} {unit}, pooled ECE {ece_from_bins(bins):.3f} (numbers: {unit} per bin)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper left")
 
@@ -110,7 +110,7 @@ def compare_png(path: str | os.PathLike[str], rows: Sequence[dict[str, Any] | pd
         _, acc, conf, n = _curve(b[level])
         ok = n > 0
         cal = str(r.get("calibration") or "") or "uncalibrated"
-        ax.plot(conf[ok], acc[ok], "o-", color=f"C{i}", ms=4, label=f"{cal} (ECE {ece_from_bins(b[level]):.3f})")
+        ax.plot(conf[ok], acc[ok], "o-", color=f"C{i}", ms=4, label=f"{cal} (pooled ECE {ece_from_bins(b[level]):.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("mean top-label confidence (per bin)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,37 @@ def test_html_page_is_self_contained(classified: tuple[Path, Path, pd.DataFrame]
     for phrase in ("Calibration", "Conformal prediction sets", "before and after calibration", "coverage @90%",
                    "Confusion matrices", "sigmoid", "uncalibrated"):
         assert phrase in text, phrase
+
+
+PROBE = ("<script>window.addEventListener('load', () => { const im = Array.from(document.images); "
+         "document.body.setAttribute('data-images', im.filter(i => i.complete && i.naturalWidth > 0).length + '/' "
+         "+ im.length); });</script>")
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", *args], capture_output=True, text=True, timeout=120)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_html_page_renders_in_a_real_browser(classified: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    from PIL import Image
+
+    _, art, _ = classified
+    page = write_html(tmp_path / "report.html", art)
+    n = len(embedded_images(page.read_text()))
+    shot = tmp_path / "shot.png"
+    res = _chromium(f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri())
+    assert shot.is_file(), res.stderr[-2000:]
+    assert "CONSOLE" not in res.stderr, res.stderr  # chromium logs page console messages as INFO:CONSOLE
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2000, 1200) and pixels.std() > 20  # text, tables and plots, not a blank page
+    # every embedded image decodes: a copy of the page with a probe that counts decoded images at "load"
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    res = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
+    assert f'data-images="{n}/{n}"' in res.stdout, (re.findall(r'data-images="[^"]*"', res.stdout), res.stderr[-2000:])
+    assert "CONSOLE" not in res.stderr, res.stderr
