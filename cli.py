@@ -35,6 +35,7 @@ CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subjec
 IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
 SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
 CALIBRATIONS = ("none", "sigmoid", "isotonic")  # classify.calibration.CALIBRATIONS
+EXPLAIN_METHODS = ("auto", "cam", "occlusion")  # classify.explain.METHODS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -51,6 +52,7 @@ Split = Literal[SPLITS]  # type: ignore[valid-type]
 Criterion = Literal[CRITERIA]  # type: ignore[valid-type]
 CnnModel = Literal[MODELS]  # type: ignore[valid-type]
 Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
+ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
 
 # typer vendors click in recent versions; reach click's UsageError through an exported subclass
@@ -378,13 +380,16 @@ def predict(
     by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+    explain: Optional[str] = typer.Option(None, "--explain", help="Write a heatmap PNG per slice and a montage per subject into DIR."),
+    explain_method: ExplainMethod = typer.Option("auto", "--explain-method", help="cam: exact, linear heads; occlusion: any head; auto: cam when possible."),
 ) -> None:
     """Predict the stage of new slices with a saved model (never needs the training data)."""
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
-                                                 progress=fmt == "table", log=_say))
+                                                 progress=fmt == "table", log=_say, explain=explain,
+                                                 explain_method=explain_method))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)

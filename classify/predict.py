@@ -124,11 +124,12 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, size: tuple[int, int], weigh
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
                   weights: str | None = None, by_subject: str | None = None, progress: bool = False,
-                  log: Log = lambda s: None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                  log: Log = lambda s: None, explain: str | os.PathLike[str] | None = None,
+                  explain_method: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
 
     ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
-    slices' probabilities.
+    slices' probabilities. ``explain`` (a folder; .joblib bundles) writes heatmaps (classify.explain).
     """
     at_least("--batch-size", batch_size, 1)
     files = expand_inputs(inputs)
@@ -161,6 +162,11 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         from classify.conformal import bundle_sets
 
         subjects = bundle_sets(bundle, subjects, table, X, ok, log)
+    if explain:
+        from classify.explain import explain_files
+
+        explain_files(bundle if path.suffix == ".joblib" else None, files, table, explain, method=explain_method,
+                      batch_size=batch_size, weights=weights, engines=engines if path.suffix == ".joblib" else None, log=log)
     return table, subjects
 
 
