@@ -100,7 +100,9 @@ def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     yy = (np.arange(H) + 0.5) * h / H - 0.5
     xx = (np.arange(W) + 0.5) * w / W - 0.5
     gy, gx = np.meshgrid(yy, xx, indexing="ij")
-    return np.stack([map_coordinates(m, [gy, gx], order=1, mode="nearest") for m in maps])
+    coords = [np.broadcast_to(np.arange(n)[:, None, None], (n, H, W)), np.broadcast_to(gy, (n, H, W)),
+              np.broadcast_to(gx, (n, H, W))]  # one call for the whole stack (map index never interpolates)
+    return map_coordinates(maps, coords, order=1, mode="nearest")
 
 
 def cam_maps(acts: Sequence[np.ndarray], W: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +125,20 @@ def cam_maps(acts: Sequence[np.ndarray], W: np.ndarray, size: tuple[int, int]) -
         raise AlzmriError(f"the head expects {W.shape[1]} features but the backbone's taps give {start}; "
                           "the bundle and the backbone do not match")
     return out, parts
+
+
+def target_cams(acts: Sequence[np.ndarray], W: np.ndarray, target: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cam_maps`` for one class per image (``target``, (N,)): (N, H, W); the predicted stage's map only, so the
+    cost per slice does not grow with the number of classes."""
+    n = acts[0].shape[0]
+    out = np.zeros((n, *size))
+    start = 0
+    for a in acts:
+        d = a.shape[-1]
+        m = np.einsum("nhwd,nd->nhw", a, W[target, start:start + d].astype(a.dtype))
+        start += d
+        out += _resize(m.astype(np.float64), size)
+    return out
 
 
 def occlusion_map(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], target: Sequence[int], *,
@@ -229,7 +245,9 @@ def montage_png(path: Path, items: Sequence[tuple[np.ndarray, np.ndarray, str]],
     rows = int(np.ceil(len(items) / cols))
     fig = Figure(figsize=(1.9 * cols, 2.2 * rows + 0.4), layout="constrained")
     for i, (img, heat, t) in enumerate(items):
-        _overlay(fig.add_subplot(rows, cols, i + 1), img, heat, t)
+        name, rest = (t.split("\n", 1) + [""])[:2]
+        short = name if len(name) <= 22 else "…" + name[-21:]  # long file names would run into the neighbours
+        _overlay(fig.add_subplot(rows, cols, i + 1), img, heat, f"{short}\n{rest}")
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
@@ -297,8 +315,7 @@ def explain_files(bundle: Any, files: Sequence[str], table: Any, out_dir: str | 
             feats = np.concatenate([a.mean(axis=(1, 2)) for a in acts], axis=1)
             proba = bundle.predict_proba(feats)
             target = proba.argmax(axis=1)
-            maps, _ = cam_maps(acts, Wk, imgs.shape[1:3])
-            heats = maps[np.arange(len(ok)), target]
+            heats = target_cams(acts, Wk, target, imgs.shape[1:3])
         else:
             proba = predict(imgs)
             target = proba.argmax(axis=1)

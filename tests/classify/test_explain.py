@@ -127,3 +127,14 @@ def test_cam_evidence_sits_in_the_ventricles_and_sulci(shared_keras_home: None) 
     shuffled, _ = cam_maps([a[sick] for a in acts], W[:, np.random.default_rng(0).permutation(W.shape[1])], SIZE[::-1])
     wrong = _share(shuffled[:, 1], masks[sick])
     assert share > 1.4 * area and wrong < 1.15 * area
+
+
+def test_target_cams_pick_each_images_class_map() -> None:
+    from classify.explain import target_cams
+
+    rng = np.random.default_rng(1)
+    acts = [rng.normal(size=(4, 5, 3, 6)).astype(np.float32)]
+    W = rng.normal(size=(3, 6))
+    target = np.array([2, 0, 1, 2])
+    maps, _ = cam_maps(acts, W, (10, 6))
+    assert np.allclose(target_cams(acts, W, target, (10, 6)), maps[np.arange(4), target], atol=1e-4)
