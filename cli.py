@@ -34,6 +34,8 @@ REPORT_FORMATS = ("table", "csv", "markdown", "json")  # classify.report.FORMATS
 CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")  # classify.sweep.CRITERIA
 IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
 SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
+CALIBRATIONS = ("none", "sigmoid", "isotonic")  # classify.calibration.CALIBRATIONS
+EXPLAIN_METHODS = ("auto", "cam", "occlusion")  # classify.explain.METHODS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -49,6 +51,9 @@ ImageFormat = Literal[IMAGE_FORMATS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Criterion = Literal[CRITERIA]  # type: ignore[valid-type]
 CnnModel = Literal[MODELS]  # type: ignore[valid-type]
+Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
+ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
+CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
 
 # typer vendors click in recent versions; reach click's UsageError through an exported subclass
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -204,6 +209,8 @@ def classify(
     by_subject: bool = typer.Option(False, "--by-subject", help="Decide per subject (mean slice probabilities) in the confusion plots."),
     n_jobs: int = typer.Option(2, "--n-jobs", min=1, help="Parallel CV folds."),
     seed: int = typer.Option(0, "--seed", min=0),
+    calibrate: Calibration = CalibrateOpt,
+    conformal: Optional[float] = typer.Option(None, "--conformal", help="Per-subject prediction sets at this coverage level (e.g. 0.90), calibrated by subject."),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
@@ -220,7 +227,8 @@ def classify(
     backbone = backbone or "all"
     df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
-                                       progress=not no_progress, task=task, log=_say, layers=layers))
+                                       progress=not no_progress, task=task, log=_say, layers=layers,
+                                       calibration=calibrate, conformal=conformal))
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
@@ -249,12 +257,17 @@ def weights(
 @app.command(cls=_Command)
 def report(
     fmt: ReportFormat = typer.Option("table", "--format", help="table: compact, best first; csv and json: every column."),
+    html: Optional[str] = typer.Option(None, "--html", help="Also write one self-contained HTML page (plots embedded) to FILE."),
     artifacts: Optional[str] = ArtifactsOpt,
 ) -> None:
     """Print report.csv sorted by balanced accuracy, and redraw the plots."""
     from classify.run import report_command
 
     out.print(_run(lambda: report_command(artifacts, fmt=fmt)), highlight=False, markup=False)
+    if html:
+        from classify.html_report import write_html
+
+        _say(f"html report: {_run(lambda: write_html(html, artifacts))}")
 
 
 @app.command(cls=_Command)
@@ -297,6 +310,7 @@ def sweep(
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH, or per backbone: mobilenetv2=imagenet,*=none."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for every backbone."),
     criterion: Criterion = typer.Option("balanced_accuracy", "--criterion", help="What picks the winner."),
+    calibrate: Calibration = CalibrateOpt,
     n_jobs: int = typer.Option(2, "--n-jobs", min=1),
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
@@ -308,7 +322,7 @@ def sweep(
     backbone_list, layer_list, head_list, task_list = sweep_lists(backbones=backbones, layers=layers, heads=heads, tasks=tasks)
     results = _run(lambda: run_sweep(data, backbones=backbone_list, layers=layer_list, heads=head_list, tasks=task_list,
                                      weights=weights, image_size=image_size, criterion=criterion, artifacts=artifacts,
-                                     n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say))
+                                     n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say, calibration=calibrate))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 
@@ -387,13 +401,16 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Where featurize left its model cards and exports (engines/): a bundle runs from them without TF when they match [default: $ALZMRI_ARTIFACTS, else ./artifacts]."),
+    explain: Optional[str] = typer.Option(None, "--explain", help="Write a heatmap PNG per slice and a montage per subject into DIR."),
+    explain_method: ExplainMethod = typer.Option("auto", "--explain-method", help="cam: exact, linear heads; occlusion: any head; auto: cam when possible."),
 ) -> None:
     """Predict the stage of new slices with a saved model (never needs the training data)."""
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
     table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
-                                                 progress=fmt == "table", artifacts=artifacts, log=_say))
+                                                 progress=fmt == "table", artifacts=artifacts, log=_say, explain=explain,
+                                                 explain_method=explain_method))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)

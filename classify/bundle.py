@@ -42,7 +42,8 @@ BUNDLE_FORMAT = 1
 # What predict needs to recompute the features: the cache's identity, plus the seed of a random init (a cache's name
 # leaves it out) and what its weights checksum covers.
 BACKBONE_KEYS = (*SETTING_KEYS, "seed", "weights_sha256_scope")
-DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official"}
+DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official",
+            "calibration": "none"}
 
 
 @dataclass
@@ -69,6 +70,8 @@ class ModelBundle:
     sklearn_version: str = ""
     created: str = ""
     format: int = BUNDLE_FORMAT
+    calibration: str = "none"  # the pipeline is a CalibratedClassifierCV when not "none"
+    conformal: Any = None  # classify.conformal.ConformalPredictor: per-subject prediction sets in predict
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Scores (n, len(class_names)) in class order; classes the model never saw score 0."""
@@ -93,11 +96,11 @@ def tool_version() -> str:
 
 
 def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: str = "last", task: str = "stages",
-                protocol: str = "official", features: str = "") -> str:
+                protocol: str = "official", features: str = "", calibration: str = "none") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
     parts = [slug(backbone), slug(head)]
     for key, value in (("weights", weights), ("layers", layers), ("features", features), ("task", task),
-                       ("protocol", protocol)):
+                       ("protocol", protocol), ("calibration", calibration)):
         if value and value != DEFAULTS[key]:
             v = str(value)
             # Custom label maps can be long and full of symbols: name them by a short hash.
@@ -107,10 +110,10 @@ def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: 
 
 def bundle_path(dataset_id: str, backbone: str, head: str, *, artifacts: str | os.PathLike[str] | None = None,
                 weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official",
-                features: str = "") -> Path:
+                features: str = "", calibration: str = "none") -> Path:
     """Where the bundle of (dataset, backbone, head, ...) lives."""
     return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights=weights, layers=layers, task=task,
-                                                             protocol=protocol, features=features)
+                                                             protocol=protocol, features=features, calibration=calibration)
 
 
 def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
@@ -121,12 +124,14 @@ def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
     m = fs.meta
     ds_id = str(m.get("dataset_id", ""))
     path = bundle_path(ds_id, str(m.get("backbone")), res.head, artifacts=artifacts, weights=str(m.get("weights")),
-                       layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m))
+                       layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m),
+                       calibration=getattr(res, "calibration", "none"))
     bundle = ModelBundle(
         pipeline=res.model, class_names=list(fs.class_names), backbone={k: m.get(k) for k in BACKBONE_KEYS},
         fingerprint=str(m.get("fingerprint", "")), head=res.head, protocol=res.protocol, selection=selection,
         task=task, best_params=res.best_params,
-        metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and np.isfinite(v)}, dataset_id=ds_id)
+        metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and np.isfinite(v)}, dataset_id=ds_id,
+        calibration=getattr(res, "calibration", "none"), conformal=getattr(res, "conformal", None))
     return path, bundle
 
 

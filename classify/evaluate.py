@@ -26,6 +26,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.parallel import Parallel, delayed  # carries sklearn config and warning filters into workers
 from threadpoolctl import threadpool_limits
 
+from classify.calibration import calibrate, check_calibration, fold_bins, pool_bins
+from classify.conformal import check_level, conformal_fold, fit_conformal, require_subjects
 from classify.heads import default_pca, make_head, param_grid
 from classify.metrics import compute_metrics, predict_scores, quiet_sklearn
 from classify.protocols import (
@@ -85,6 +87,9 @@ class EvalResult:
     permutation_scores: list[float] = field(default_factory=list)
     fold_inner_scores: list[float] = field(default_factory=list)
     folds: list[Fold] = field(default_factory=list)
+    calibration: str = "none"
+    reliability: dict[str, Any] = field(default_factory=dict)  # pooled test-part bins (classify.calibration)
+    conformal: Any = None  # classify.conformal.ConformalPredictor of the saved model
 
 
 def check_finite(fs: FeatureSet, limit: int = 3) -> None:
@@ -164,23 +169,33 @@ class _FoldOutcome:
     inner: float
     fit_s: float
     pred_s: float
+    bins: dict[str, Any] = field(default_factory=dict)
+    conformal: Any = None
 
 
 def _fold(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, *, pca: int | None,
-          n_jobs: int, seed: int, inner_splits: int, inner_groups: bool, class_names: list[str]) -> _FoldOutcome:
+          n_jobs: int, seed: int, inner_splits: int, inner_groups: bool, class_names: list[str],
+          calibration: str = "none", conformal: float | None = None) -> _FoldOutcome:
     """Select on the fold's training rows, score its test rows (runs in a joblib worker)."""
     tr, te = fold
     t0 = time.perf_counter()
     model, params, notes, inner = _grid(name, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
                                         pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits)
+    model, more = calibrate(model, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
+                            method=calibration, seed=seed, inner_splits=inner_splits)
     t1 = time.perf_counter()
     with quiet_sklearn():
         y_pred = model.predict(X[te])
         scores = predict_scores(model, X[te], len(class_names))
     t2 = time.perf_counter()
     m, cm, scm = compute_metrics(y[te], y_pred, scores, class_names, groups=None if groups is None else groups[te])
-    return _FoldOutcome(metrics=m, cm=cm, scm=scm, params=params, notes=notes, model=model, inner=inner,
-                        fit_s=t1 - t0, pred_s=t2 - t1)
+    cp = None
+    if conformal:  # split conformal inside the training part (classify.conformal)
+        more_m, cp = conformal_fold(model, X, y, groups, fold, level=conformal, n_classes=len(class_names), seed=seed)
+        m.update(more_m)
+    return _FoldOutcome(metrics=m, cm=cm, scm=scm, params=params, notes=notes + more + (cp.notes if cp else []),
+                        model=model, inner=inner, fit_s=t1 - t0, pred_s=t2 - t1, conformal=cp,
+                        bins=fold_bins(y[te], scores, None if groups is None else groups[te]))
 
 
 # ------------------------------------------------------------------ permutation check
@@ -221,18 +236,20 @@ def permutation_check(name: str, *, params: dict[str, Any], X: np.ndarray, y: np
 
 def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int | None | str = "default",
              permutation: int = 0, n_jobs: int = 2, seed: int = 0, outer_splits: int = OUTER_SPLITS,
-             inner_splits: int = INNER_SPLITS) -> EvalResult:
+             inner_splits: int = INNER_SPLITS, calibration: str = "none", conformal: float | None = None) -> EvalResult:
     """Select, fit and score ``head`` on ``fs`` under ``protocol``; optionally run the permutation check.
 
     ``pca``: "default" = the head's own default width, None/0 = no PCA, int = that many components.
     ``n_jobs`` processes share the work (outer folds, else grid candidates x inner folds, and permutations).
+    ``calibration`` (none|sigmoid|isotonic) and ``conformal`` (a level) are fitted inside each training part.
     """
     # Parallelism comes from n_jobs processes. BLAS/OpenMP threads on top only compete with them and spin
     # while waiting: on the shared 2-core box, one thread measured ~2x faster at 5,120 x 1,280 with
     # n_jobs=2 and ~7x faster for the many tiny fits of small data sets.
     with threadpool_limits(1):
         return _evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
-                         outer_splits=outer_splits, inner_splits=inner_splits)
+                         outer_splits=outer_splits, inner_splits=inner_splits, calibration=check_calibration(calibration),
+                         conformal=check_level(conformal))
 
 
 def _subject_notes(y: np.ndarray, groups: np.ndarray | None, names: list[str]) -> tuple[dict[str, int] | None, list[str]]:
@@ -248,7 +265,8 @@ def _subject_notes(y: np.ndarray, groups: np.ndarray | None, names: list[str]) -
 
 
 def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str, permutation: int, n_jobs: int,
-              seed: int, outer_splits: int, inner_splits: int) -> EvalResult:
+              seed: int, outer_splits: int, inner_splits: int, calibration: str = "none",
+              conformal: float | None = None) -> EvalResult:
     check_protocol(protocol)
     pca = default_pca(head) if pca == "default" else (int(pca) if pca else None)
     check_finite(fs)
@@ -261,10 +279,12 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
                              source=str(fs.meta.get("cache_path", "this feature cache")))
     spc, more = _subject_notes(y, groups, names)
     notes += more
+    require_subjects(conformal, groups)
 
     # ---- fit and score
     inner_groups = protocol != "slice-cv"
-    fold_args = dict(pca=pca, seed=seed, inner_splits=inner_splits, inner_groups=inner_groups, class_names=names)
+    fold_args = dict(pca=pca, seed=seed, inner_splits=inner_splits, inner_groups=inner_groups, class_names=names,
+                     calibration=calibration, conformal=conformal)
     t0 = time.perf_counter()
     if protocol == "official":
         res = [_fold(head, X, y, groups, folds[0], n_jobs=n_jobs, **fold_args)]
@@ -278,7 +298,9 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
             for fold in folds)
         model, params, more = select_head(head, X, y, groups if inner_groups else None, pca=pca, n_jobs=n_jobs,
                                           seed=seed, inner_splits=inner_splits)
-        notes += more
+        model, cal_notes = calibrate(model, X, y, groups if inner_groups else None, method=calibration, seed=seed,
+                                     inner_splits=inner_splits)
+        notes += more + cal_notes
         fit_s = time.perf_counter() - t0  # wall time of every fold's selection+fit and the final refit
     for r in res:
         notes += r.notes
@@ -302,7 +324,11 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
         n_splits=len(folds), split_seed=seed, fit_seconds=float(fit_s),
         predict_seconds=float(sum(r.pred_s for r in res)),
         warnings=list(dict.fromkeys(notes)), fold_inner_scores=[float(r.inner) for r in res], folds=folds,
+        calibration=calibration, reliability=pool_bins([r.bins for r in res]),
     )
+    if conformal:  # the saved model's sets: official reuses the training part's; cv calibrates on all subjects
+        out.conformal = res[0].conformal if protocol == "official" else fit_conformal(
+            model, X, y, groups, level=conformal, n_classes=len(names), seed=seed)
     if permutation > 0:
         scores = permutation_check(head, params=params, X=X, y=y, groups=groups, folds=folds, n=int(permutation),
                                    pca=pca, seed=seed, n_jobs=n_jobs)

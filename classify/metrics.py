@@ -2,7 +2,7 @@
 
 Slice level: accuracy, balanced accuracy, macro-F1, one-vs-rest macro ROC-AUC, per-class precision/recall.
 Subject level (when subjects are known): each subject's majority label against the argmax of the mean of its
-slices' scores.
+slices' scores. Calibration (Brier score, expected calibration error) at both levels: ``classify.calibration``.
 """
 
 from __future__ import annotations
@@ -96,4 +96,7 @@ def compute_metrics(y: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, class
             m["subject_balanced_accuracy"] = float(balanced_accuracy_score(ys, yp))
         m["subject_roc_auc"] = ovr_auc(ys, ss)
         scm = confusion_matrix(ys, yp, labels=labels)
+    from classify.calibration import calibration_metrics
+
+    m.update(calibration_metrics(y, scores, groups))  # brier, ece (+ subject_brier, subject_ece)
     return m, cm, scm

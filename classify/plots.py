@@ -58,8 +58,8 @@ def confusion_png(path: str | os.PathLike[str], cm: np.ndarray, class_names: lis
 
 def confusion_name(row: dict[str, Any] | pd.Series) -> str:
     """File name of a report row's confusion matrix PNG."""
-    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "features", "task", "head", "protocol")
-             if k != "features" or str(row.get(k, "") or "") not in ("", "nan")]
+    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "features", "task", "head", "protocol", "calibration")
+             if k not in ("features", "calibration") or str(row.get(k, "") or "") not in ("", "nan")]
     return "confusion__" + "__".join(slug(p) for p in parts) + ".png"
 
 

@@ -140,13 +140,15 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_s
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
                   weights: str | None = None, by_subject: str | None = None, progress: bool = False,
-                  artifacts: str | os.PathLike[str] | None = None,
-                  log: Log = lambda s: None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                  artifacts: str | os.PathLike[str] | None = None, log: Log = lambda s: None,
+                  explain: str | os.PathLike[str] | None = None,
+                  explain_method: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
 
     ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
     slices' probabilities. A bundle's backbone runs from the model cards and exports in ``artifacts``'s engines
     folder (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one matches its weights checksum, else with TF.
+    ``explain`` (a folder; .joblib bundles) writes heatmaps (classify.explain).
     """
     at_least("--batch-size", batch_size, 1)
     files = expand_inputs(inputs)
@@ -159,13 +161,13 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         probs, errors = predict_files(path, files, batch_size=batch_size)
     elif path.suffix == ".joblib":
         from classify.bundle import load_bundle
+        from featurize.config import engines_dir
 
         bundle = load_bundle(path)
         class_names = list(bundle.class_names)
-        from featurize.config import engines_dir
-
+        engines = engines_dir(artifacts)
         X, errors = bundle_features(bundle.backbone, files, batch_size=batch_size, weights=weights, progress=progress,
-                                    engines=engines_dir(artifacts), log=log)
+                                    engines=engines, log=log)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():
@@ -174,6 +176,15 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         raise AlzmriError(f"{path}: not a model file; pass a .joblib bundle from `alzmri classify` or a .keras model from `alzmri baseline`")
     table = _table(files, probs, errors, class_names)
     subjects = _by_subject(table, files, probs, class_names, by_subject, log) if by_subject else None
+    if path.suffix == ".joblib":  # the bundle's per-subject prediction sets, if it has them
+        from classify.conformal import bundle_sets
+
+        subjects = bundle_sets(bundle, subjects, table, X, ok, log)
+    if explain:
+        from classify.explain import explain_files
+
+        explain_files(bundle if path.suffix == ".joblib" else None, files, table, explain, method=explain_method,
+                      batch_size=batch_size, weights=weights, engines=engines if path.suffix == ".joblib" else None, log=log)
     return table, subjects
 
 

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from classify.evaluate import EvalResult
     from featurize.featureset import FeatureSet
 
-KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol")
+# ``calibration`` is "" for uncalibrated heads (as in reports written before it existed), else sigmoid|isotonic.
+KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol", "calibration")
 COLUMNS = KEY + (
     "n_train", "n_test", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std", "macro_f1",
     "macro_f1_std", "roc_auc", "roc_auc_std", "subject_accuracy", "subject_accuracy_std", "subject_balanced_accuracy",
@@ -38,14 +39,19 @@ COLUMNS = KEY + (
     "leakage", "chance_balanced_accuracy", "permutation_p", "best_params", "selection", "pca", "fit_seconds",
     "predict_seconds", "featurize_images_per_s", "epochs", "class_names", "confusion", "subject_confusion",
     "fingerprint", "model_path", "created",
+    # calibration and conformal sets (classify.calibration, classify.conformal)
+    "brier", "brier_std", "ece", "ece_std", "subject_brier", "subject_brier_std", "subject_ece", "subject_ece_std",
+    "reliability", "conformal_level", "coverage", "coverage_std", "set_size", "set_size_std",
 )
 FORMATS = ("table", "csv", "markdown", "json")
 # The compact view: (column, header) pairs shown by the table/markdown formats when present.
 COMPACT = (("dataset", "dataset"), ("backbone", "backbone"), ("weights", "weights"), ("layers", "layers"),
-           ("features", "features"), ("task", "task"), ("head", "head"), ("protocol", "protocol"), ("n_train", "n_train"), ("n_test", "n_test"),
+           ("features", "features"), ("task", "task"), ("head", "head"), ("protocol", "protocol"),
+           ("calibration", "calib"), ("n_train", "n_train"), ("n_test", "n_test"),
            ("balanced_accuracy", "bal_acc"), ("macro_f1", "macro_f1"), ("roc_auc", "auc"),
            ("subject_balanced_accuracy", "subj_bal_acc"), ("leakage", "leak"), ("chance_balanced_accuracy", "chance"),
-           ("permutation_p", "perm_p"), ("fit_seconds", "fit_s"))
+           ("permutation_p", "perm_p"), ("ece", "ece"), ("subject_ece", "subj_ece"), ("coverage", "coverage"),
+           ("set_size", "set_size"), ("fit_seconds", "fit_s"))
 
 
 @contextlib.contextmanager
@@ -177,7 +183,22 @@ def head_row(fs: FeatureSet, res: EvalResult, *, task: str, model_path: str | os
         class_names=res.class_names, confusion=res.confusion, subject_confusion=res.subject_confusion,
         fingerprint=m.get("fingerprint", ""), model_path=model_path, pca=res.pca,
         chance_balanced_accuracy=res.chance_balanced_accuracy, permutation_p=res.permutation_p,
-        featurize_images_per_s=m.get("featurize_images_per_s"))
+        featurize_images_per_s=m.get("featurize_images_per_s"), **trust_columns(res))
+
+
+def trust_columns(res: EvalResult) -> dict[str, Any]:
+    """The calibration key, pooled reliability bins, and the chosen conformal level's coverage and set size."""
+    from classify.calibration import bins_json
+    from classify.conformal import level_tag
+
+    out: dict[str, Any] = {"calibration": "" if res.calibration == "none" else res.calibration,
+                           "reliability": bins_json(res.reliability)}
+    if res.conformal is not None:
+        tag = level_tag(res.conformal.level)
+        out.update(conformal_level=res.conformal.level, coverage=res.metrics.get(f"coverage_{tag}"),
+                   set_size=res.metrics.get(f"set_size_{tag}"), coverage_std=res.std.get(f"coverage_{tag}"),
+                   set_size_std=res.std.get(f"set_size_{tag}"))
+    return out
 
 
 # ------------------------------------------------------------------ formatting
@@ -205,7 +226,8 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     # Columns that are the same on every row (one dataset, default layers) are noise in a terminal table.
     # Weights always show: a random-init row must never pass for transfer learning.
     cols = [(c, h) for c, h in COMPACT if c in df.columns and df[c].notna().any()
-            and not (c in ("dataset", "layers", "features", "task") and df[c].nunique(dropna=False) <= 1 and len(df) > 1)]
+            and not (c in ("dataset", "layers", "features", "task", "calibration") and df[c].nunique(dropna=False) <= 1
+                     and len(df) > 1)]
     body = []
     for _, r in df.iterrows():
         line = []
@@ -216,7 +238,8 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 line.append(_num(r[c], digits=0))
             elif c == "permutation_p":
                 line.append(_num(r[c], digits=3))
-            elif c in ("balanced_accuracy", "macro_f1", "roc_auc", "subject_balanced_accuracy", "chance_balanced_accuracy"):
+            elif c in ("balanced_accuracy", "macro_f1", "roc_auc", "subject_balanced_accuracy", "chance_balanced_accuracy",
+                       "ece", "subject_ece", "coverage", "set_size"):
                 line.append(_num(r[c], r.get(f"{c}_std")))
             else:
                 line.append("" if pd.isna(r[c]) else str(r[c]))
@@ -242,7 +265,8 @@ def format_report(df: pd.DataFrame, fmt: str = "table") -> str:
 
     table = Table(title=f"alzmri report ({len(df)} rows; bal_acc = balanced accuracy, ± = std over folds)",
                   show_lines=False, pad_edge=False)
-    numeric = {"n_train", "n_test", "bal_acc", "macro_f1", "auc", "subj_bal_acc", "leak", "chance", "perm_p", "fit_s"}
+    numeric = {"n_train", "n_test", "bal_acc", "macro_f1", "auc", "subj_bal_acc", "leak", "chance", "perm_p", "fit_s",
+               "ece", "subj_ece", "coverage", "set_size"}
     for h in headers:
         table.add_column(h, justify="right" if h in numeric else "left", no_wrap=True)
     for row in body:

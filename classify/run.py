@@ -13,6 +13,7 @@ from classify.evaluate import SELECTION, evaluate
 from classify.heads import head_names
 from classify.plots import confusion_from_row, confusion_name, summary_png
 from classify.protocols import check_protocol
+from classify.reliability import reliability_from_row, reliability_name
 from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
 from featurize.config import dataset_dir, features_dir, report_path
@@ -90,13 +91,15 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                      heads: list[str] | tuple[str, ...] | str = ("logreg", "svm", "mlp"), protocol: str = "official",
                      artifacts: str | os.PathLike[str] | None = None, permutation: int = 0, n_jobs: int = 2,
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
-                     pca: int | None | str = "default", log: Log | None = None, layers: str = "all") -> pd.DataFrame:
+                     pca: int | None | str = "default", log: Log | None = None, layers: str = "all",
+                     calibration: str = "none", conformal: float | None = None) -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
     the report row, draw its confusion matrix; then redraw the dataset's summary chart. ``by_subject``
     requires subjects and draws subject-level confusion matrices (subject metrics are always in the row
-    when subjects are known). ``task`` is a label map (``stages``, ``binary`` or ``A=x,B=y,*=z``).
+    when subjects are known). ``task`` is a label map (``stages``, ``binary`` or ``A=x,B=y,*=z``). ``calibration``
+    and ``conformal`` (a level) are fitted inside each training part (classify.calibration, classify.conformal).
     Warnings go to ``log`` (default: stderr) and are also returned in ``df.attrs["warnings"]``; the written
     bundle and plot paths are in ``df.attrs["bundles"]`` and ``df.attrs["plots"]``.
     """
@@ -130,7 +133,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                 raise AlzmriError(f"{cache}: --by-subject needs the subject of every slice; run `alzmri subjects --data "
                                   f"{data_root}` or featurize with `--subjects auto`")
             for head in names:
-                res = evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed)
+                res = evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
+                               calibration=calibration, conformal=conformal)
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
                 path, bundle = bundle_for(fs, res, task=task_name, selection=SELECTION, artifacts=artifacts)
@@ -142,6 +146,7 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                 png = confusion_from_row(plots_dir(ds_id, artifacts) / confusion_name(row), plot_row)
                 if png is not None:
                     plots.append(png)
+                plots += [p for p in [reliability_from_row(plots_dir(ds_id, artifacts) / reliability_name(row), row)] if p]
                 advance(1)
     plots += regenerate_summary(artifacts, dataset=ds_id)
     df = pd.DataFrame(rows)
@@ -158,5 +163,6 @@ def report_command(artifacts: str | os.PathLike[str] | None = None, *, fmt: str 
     for _, row in df.iterrows():
         if row.get("dataset"):
             confusion_from_row(plots_dir(str(row["dataset"]), artifacts) / confusion_name(row), row)
+            reliability_from_row(plots_dir(str(row["dataset"]), artifacts) / reliability_name(row), row)
     regenerate_summary(artifacts)
     return format_report(df, fmt)

@@ -91,7 +91,7 @@ def label(c: Candidate) -> str:
 def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: list[str], heads: list[str], tasks: list[str],
               weights: str = "imagenet", image_size: str | None = None, criterion: str = "balanced_accuracy",
               artifacts: str | os.PathLike[str] | None = None, n_jobs: int = 2, seed: int = 0, batch_size: int = 32,
-              progress: bool = True, log: Log = lambda s: None) -> list[SweepResult]:
+              progress: bool = True, log: Log = lambda s: None, calibration: str = "none") -> list[SweepResult]:
     """Featurize what is missing (one pass per backbone), evaluate every combination under subject-cv,
     write every row to report.csv, and refit + save the winner of each task for ``predict``."""
     from classify.bundle import bundle_for, save_bundle
@@ -127,7 +127,7 @@ def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: lis
                 if not fs.has_subjects:
                     raise AlzmriError(f"{cache}: the sweep evaluates by subject and needs subjects; run `alzmri subjects --data {data}`")
                 for head in heads:
-                    res = evaluate(fs, head, protocol="subject-cv", n_jobs=n_jobs, seed=seed)
+                    res = evaluate(fs, head, protocol="subject-cv", n_jobs=n_jobs, seed=seed, calibration=calibration)
                     row = head_row(fs, res, task=task_name, model_path=None, selection=f"sweep subject-cv {criterion}")
                     upsert_rows(report_path(artifacts), [row])
                     fold = [float(m.get(criterion, np.nan)) for m in res.fold_metrics]

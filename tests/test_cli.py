@@ -234,3 +234,10 @@ def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, P
     assert tf is True and len(out.stdout.strip().splitlines()) == 1 + 10
     # TF's C++ start-up lines (absl, CUDA probing, oneDNN) must not reach the user's terminal
     assert not [ln for ln in out.stderr.splitlines() if any(w in ln for w in ("absl", "cuda", "cuInit", "oneDNN"))], out.stderr
+
+
+def test_trust_choices_equal_the_library() -> None:
+    from classify.calibration import CALIBRATIONS
+    from classify.explain import METHODS
+
+    assert cli.CALIBRATIONS == CALIBRATIONS and cli.EXPLAIN_METHODS == METHODS
