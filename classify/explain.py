@@ -270,8 +270,8 @@ def explain_files(bundle: Any, files: Sequence[str], table: Any, out_dir: str | 
                   log: Log = lambda s: None) -> list[Path]:
     """Write a heatmap PNG per readable slice and a montage per subject (``table["subject"]`` when present, else
     one montage of all) into ``out_dir``; returns the written paths. ``table`` is predict's per-file table."""
-    from featurize.spec import FeatureSpec
     from featurize.pipeline import image_batches
+    from featurize.spec import FeatureSpec
 
     method = choose("--explain-method", method, METHODS)
     if bundle is None:
