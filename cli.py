@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -24,6 +24,7 @@ from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
 from featurize.errors import AlzmriError
 from featurize.images import RESIZE_MODES
+from featurize.volumes.slicing import VIEWS
 
 # The modules that define these import scikit-learn (classify.heads, classify.evaluate: about 2 s) or pandas
 # (classify.report, classify.sweep, featurize.synth: about 0.5 s), too slow for every start of the CLI: the names
@@ -34,6 +35,9 @@ REPORT_FORMATS = ("table", "csv", "markdown", "json")  # classify.report.FORMATS
 CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")  # classify.sweep.CRITERIA
 IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
 SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
+VOLUME_FORMATS = ("nifti", "analyze", "dicom")  # featurize.synth_volumes.FORMATS
+LABEL_COLUMN = "diagnosis"  # featurize.volume_dataset.DEFAULT_LABEL_COLUMN
+N_SLICES = 32  # featurize.volumes.DEFAULT_N_SLICES
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -49,6 +53,8 @@ ImageFormat = Literal[IMAGE_FORMATS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Criterion = Literal[CRITERIA]  # type: ignore[valid-type]
 CnnModel = Literal[MODELS]  # type: ignore[valid-type]
+View = Literal[VIEWS]  # type: ignore[valid-type]
+SynthFormat = Literal[(*IMAGE_FORMATS, *VOLUME_FORMATS)]  # type: ignore[valid-type]
 
 # typer vendors click in recent versions; reach click's UsageError through an exported subclass
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -114,6 +120,21 @@ SubjectsOpt = typer.Option("auto", "--subjects", help="auto (manifest column, el
 PrecisionOpt = typer.Option("float32", "--precision", help="mixed: float16 on GPU, bfloat16 on CPU (TF engine; see docs/gpu.md).")
 DevicesOpt = typer.Option("auto", "--devices", help="auto: mirrored over all GPUs when there are 2+ (TF engine; see docs/gpu.md).")
 ProtocolOpt = typer.Option("official", "--protocol", help="official: the data's own test split; subject-cv: whole subjects held out; slice-cv: random slices (leaky).")
+# 3-D scans (NIfTI, Analyze, MGH, DICOM series, BIDS): how each becomes slices. Defaults and why: README "Your own scans".
+# typer takes no Literal inside a list (a repeatable option): the View choices are checked by a parser instead.
+ViewOpt = typer.Option(["axial"], "--view", parser=_one_of(get_args(View)), metavar=_metavar(get_args(View)), help="3-D scans: slice orientation; repeat for several (default axial, the plane of the Kaggle/OASIS slices).")
+SlicesOpt = typer.Option(N_SLICES, "--slices", min=1, help="3-D scans: slices per view, evenly spaced inside the brain's extent (default 32, as many as the Kaggle export has per person).")
+SeriesOpt = typer.Option(None, "--series", help="3-D scans: keep DICOM series whose SeriesDescription matches this regex (default: every 3-D anatomical series).")
+LabelColumnOpt = typer.Option(LABEL_COLUMN, "--label-column", help="BIDS root: the participants.tsv column holding the class.")
+VolumeIndexOpt = typer.Option(None, "--volume-index", min=0, help="4-D files: which volume to read (default: the first, with a note).")
+
+
+def _volume_options(view: list[str], slices: int, series: str | None, label_column: str, volume_index: int | None) -> Any:
+    from featurize.volume_featurize import VolumeOptions
+
+    views = tuple(v for item in view for v in item.split(",") if v)
+    return VolumeOptions(views=views, n_slices=slices, series=series, label_column=label_column,
+                         volume_index=volume_index)
 
 
 def _say(msg: str) -> None:
@@ -160,6 +181,11 @@ def featurize(
     artifacts: Optional[str] = ArtifactsOpt,
     list_: bool = typer.Option(False, "--list", help="List the available backbones and exit."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    view: list[str] = ViewOpt,
+    slices: int = SlicesOpt,
+    series: Optional[str] = SeriesOpt,
+    label_column: str = LabelColumnOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
     """Run a frozen pretrained backbone once over the images and cache the embeddings in HDF5."""
     if list_:
@@ -179,7 +205,8 @@ def featurize(
         res = featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                                resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
                                subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
-                               engine=engine, precision=precision, devices=devices)
+                               engine=engine, precision=precision, devices=devices,
+                               volumes=_volume_options(view, slices, series, label_column, volume_index))
         # for `classify` without --data: a cached rerun counts too, it is what the user ran last
         record_last(data=data, backbone=str(res[0].settings["backbone"]), dataset_id=res[0].dataset.dataset_id,
                     caches=[r.cache for r in res], artifacts=artifacts)
@@ -256,6 +283,11 @@ def baseline(
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
+    view: list[str] = ViewOpt,
+    slices: int = SlicesOpt,
+    series: Optional[str] = SeriesOpt,
+    label_column: str = LabelColumnOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
     from classify.cnn import train_baseline
@@ -263,7 +295,8 @@ def baseline(
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
                                       protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
-                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices))
+                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices,
+                                      volumes=_volume_options(view, slices, series, label_column, volume_index)))
     out.print(res.summary(), highlight=False, markup=False)
 
 
@@ -359,20 +392,27 @@ def demo(
 
 @app.command(cls=_Command)
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images."),
+    inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images; or volume files (.nii, .nii.gz, .hdr/.img, .mgz) and DICOM folders: one row per scan."),
     model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` or a .keras model from `baseline`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
     by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+    view: Optional[list[str]] = typer.Option(None, "--view", parser=_one_of(get_args(View)), metavar=_metavar(get_args(View)),
+                                             help="3-D scans: slice orientation, repeatable (default: the model's training cache's, else axial)."),
+    slices: Optional[int] = typer.Option(None, "--slices", min=1, help="3-D scans: slices per view (default: the model's, else 32)."),
+    series: Optional[str] = SeriesOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
-    """Predict the stage of new slices with a saved model (never needs the training data)."""
+    """Predict the stage of new slices, or of whole scans, with a saved model (never needs the training data)."""
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
+    volume = {"views": tuple(v for item in view or [] for v in item.split(",") if v) or None, "n_slices": slices,
+              "series": series, "volume_index": volume_index}
     table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
-                                                 progress=fmt == "table", log=_say))
+                                                 progress=fmt == "table", log=_say, **volume))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)

@@ -25,6 +25,9 @@ from featurize.engines import ENGINES
 from featurize.images import RESIZE_MODES
 from featurize.synth import FORMATS as IMAGE_FORMATS
 from featurize.synth import SPLITS
+from featurize.synth_volumes import FORMATS as VOLUME_FORMATS
+from featurize.volume_dataset import DEFAULT_LABEL_COLUMN
+from featurize.volumes import DEFAULT_N_SLICES, VIEWS
 from tests.conftest import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +35,15 @@ NAMES = tuple(BACKBONES)
 
 # every command, with the closed sets its --help must list (taken from the library, not from cli.py)
 CHOICES: dict[str, list[tuple[str, ...]]] = {
-    "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES],
+    "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES, VIEWS],
     "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS],
     "report": [REPORT_FORMATS],
-    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS],
+    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS],
     "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
     "subjects": [],
     "synth": [IMAGE_FORMATS, SPLITS],
     "demo": [NAMES],
-    "predict": [],
+    "predict": [VIEWS],
 }
 
 
@@ -69,11 +72,18 @@ def test_mirrored_names_equal_the_library() -> None:
     # cli.py repeats these to stay free of scikit-learn and pandas at start-up; they must not drift
     assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS) == (
         tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS))
+    # the 3-D scan options: choices and the defaults --help shows
+    from typing import get_args
+
+    assert (get_args(cli.View), cli.VOLUME_FORMATS, cli.LABEL_COLUMN, cli.N_SLICES) == (
+        tuple(VIEWS), tuple(VOLUME_FORMATS), DEFAULT_LABEL_COLUMN, DEFAULT_N_SLICES)
 
 
 @pytest.mark.parametrize("args, option", [
     (["featurize", "--data", ".", "--pooling", "mean"], "--pooling"),
     (["featurize", "--data", ".", "--engine", "cuda"], "--engine"),
+    (["featurize", "--data", ".", "--view", "transverse"], "--view"),
+    (["featurize", "--data", ".", "--slices", "0"], "--slices"),
     (["classify", "--data", ".", "--head", "logreg,forest"], "--head"),
     (["classify", "--data", ".", "--protocol", "kfold"], "--protocol"),
     (["classify", "--data", ".", "--backbone", "alexnet"], "--backbone"),
