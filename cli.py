@@ -24,6 +24,7 @@ from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
 from featurize.errors import AlzmriError
 from featurize.images import RESIZE_MODES
+from featurize.options import choose
 from featurize.volumes.slicing import VIEWS
 
 # The modules that define these import scikit-learn (classify.heads, classify.evaluate: about 2 s) or pandas
@@ -347,24 +348,37 @@ def synth(
     out_dir: str = typer.Option(..., "--out", help="Folder to write the Kaggle layout into."),
     subjects_per_class: int = typer.Option(6, "--subjects-per-class", min=1, help="Synthetic subjects per stage."),
     slices_per_subject: int = typer.Option(8, "--slices-per-subject", min=1, help="Adjacent axial slices per subject."),
-    size: str = typer.Option("176x208", "--size", help="WIDTHxHEIGHT."),
-    fmt: ImageFormat = typer.Option("png", "--format", help="Image file format."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default 176x208; with --volumes the in-plane voxels, default 64x76)."),
+    fmt: Optional[SynthFormat] = typer.Option(None, "--format", help="png|jpg slices (default png); with --volumes nifti|analyze|dicom scans (default nifti)."),
     split: Split = typer.Option("slice", "--split", help="slice: leaky, like Kaggle; subject: whole subjects in test."),
     seed: int = typer.Option(0, "--seed", min=0),
+    volumes: bool = typer.Option(False, "--volumes", help="Write 3-D scans, one per subject, in class folders (ROOT/<Class>/sub-<id>.nii.gz, .hdr/.img, or a DICOM folder)."),
 ) -> None:
-    """Generate deterministic brain-MRI-like slices of four dementia stages (no download needed)."""
+    """Generate deterministic brain-MRI-like slices (or 3-D scans) of four dementia stages (no download needed)."""
     from featurize.images import parse_size
     from featurize.synth import write_dataset
 
     def go() -> Any:
         try:
-            wh = parse_size(size)
+            wh = parse_size(size) if size else None
         except ValueError as exc:
             raise AlzmriError(str(exc)) from None
-        return write_dataset(out_dir, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, size=wh,
-                             fmt=fmt, split=split, seed=seed)
+        if volumes:
+            from featurize.synth_volumes import VolumeSpec, write_volume_dataset
+
+            volume_format = choose("--format with --volumes", fmt or "nifti", VOLUME_FORMATS)
+            spec = VolumeSpec(size=wh) if wh else VolumeSpec()
+            return write_volume_dataset(out_dir, fmt=volume_format, subjects_per_class=subjects_per_class, spec=spec,
+                                        seed=seed)
+        return write_dataset(out_dir, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject,
+                             size=wh or (176, 208), fmt=choose("--format", fmt or "png", IMAGE_FORMATS), split=split,
+                             seed=seed)
 
     truth = _run(go)
+    if volumes:
+        out.print(f"wrote {len(truth)} scans of {truth['subject'].nunique()} subjects to {out_dir}")
+        out.print(truth.groupby("label").size().to_string(), highlight=False)
+        return
     from featurize.synth import CLASS_NAMES
 
     counts = truth.groupby(["label", "split"]).size().unstack(1).fillna(0).astype(int).reindex(CLASS_NAMES)
@@ -380,12 +394,13 @@ def demo(
     subjects_per_class: int = typer.Option(8, "--subjects-per-class", min=2),
     epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs of the scratch CNN."),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    volumes: bool = typer.Option(False, "--volumes", help="On synthetic 3-D scans (NIfTI, one per subject, 8 axial slices each) instead of slices."),
 ) -> None:
     """Run the whole pipeline on built-in synthetic MRI data and print the report."""
     from classify.demo import run_demo
 
     res = _run(lambda: run_demo(artifacts, backbone=backbone, weights=weights, subjects_per_class=subjects_per_class,
-                                baseline_epochs=epochs, progress=not no_progress, log=_say))
+                                baseline_epochs=epochs, progress=not no_progress, log=_say, volumes=volumes))
     out.print(res.table, highlight=False)
     out.print(f"report: {res.report}   (alzmri report --artifacts ... to see it again; plots beside it)", highlight=False)
 

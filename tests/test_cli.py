@@ -41,7 +41,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS],
     "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
     "subjects": [],
-    "synth": [IMAGE_FORMATS, SPLITS],
+    "synth": [IMAGE_FORMATS, SPLITS, VOLUME_FORMATS],
     "demo": [NAMES],
     "predict": [VIEWS],
 }
@@ -242,3 +242,19 @@ def test_predict_on_the_tf_path_imports_tensorflow_quietly(bundle: tuple[Path, P
     assert tf is True and len(out.stdout.strip().splitlines()) == 1 + 10
     # TF's C++ start-up lines (absl, CUDA probing, oneDNN) must not reach the user's terminal
     assert not [ln for ln in out.stderr.splitlines() if any(w in ln for w in ("absl", "cuda", "cuInit", "oneDNN"))], out.stderr
+
+
+@pytest.mark.parametrize("fmt, suffix", [("nifti", ".nii.gz"), ("analyze", ".hdr"), ("dicom", "")])
+def test_synth_volumes_writes_scans_that_scan_volumes_reads(runner: CliRunner, tmp_path: Path, fmt: str, suffix: str) -> None:
+    from featurize.volume_dataset import scan_volumes
+
+    out = tmp_path / fmt
+    res = runner.invoke(cli.app, ["synth", "--out", str(out), "--volumes", "--format", fmt, "--subjects-per-class", "1",
+                                  "--size", "40x48"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 scans of 4 subjects" in res.stdout
+    vds = scan_volumes(out)
+    assert len(vds.table) == 4 and vds.table["subject"].nunique() == 4
+    assert all(p.endswith(suffix) for p in vds.table["path"])
+    bad = runner.invoke(cli.app, ["synth", "--out", str(tmp_path / "x"), "--volumes", "--format", "png"])
+    assert bad.exit_code == 2 and "nifti" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
