@@ -177,3 +177,14 @@ def test_sessions_of_one_subject_share_the_subject(tmp_path: Path, artifacts: Pa
     t = job.vds.table
     assert len(t) == len(truth) == 4 and t.groupby("subject").size().tolist() == [2, 2]
     assert len(set(job.sids)) == 4  # two scans (rows apart), one subject (one group in subject-cv)
+
+
+def test_a_slice_array_is_resized_as_its_png_would_be(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from featurize.images import fit_gray, load_rgb
+
+    arr = (np.arange(37 * 53, dtype=np.uint32).reshape(37, 53) * 7 % 256).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "s.png")
+    for resize in ("stretch", "pad"):
+        np.testing.assert_array_equal(fit_gray(arr, (32, 40), resize), load_rgb(tmp_path / "s.png", (32, 40), resize))
