@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -24,6 +24,8 @@ from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
 from featurize.errors import AlzmriError
 from featurize.images import RESIZE_MODES
+from featurize.options import choose
+from featurize.volumes.slicing import VIEWS
 
 # The modules that define these import scikit-learn (classify.heads, classify.evaluate: about 2 s) or pandas
 # (classify.report, classify.sweep, featurize.synth: about 0.5 s), too slow for every start of the CLI: the names
@@ -36,6 +38,9 @@ IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
 SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
 CALIBRATIONS = ("none", "sigmoid", "isotonic")  # classify.calibration.CALIBRATIONS
 EXPLAIN_METHODS = ("auto", "cam", "occlusion")  # classify.explain.METHODS
+VOLUME_FORMATS = ("nifti", "analyze", "dicom")  # featurize.synth_volumes.FORMATS
+LABEL_COLUMN = "diagnosis"  # featurize.volume_dataset.DEFAULT_LABEL_COLUMN
+N_SLICES = 32  # featurize.volumes.DEFAULT_N_SLICES
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -54,6 +59,8 @@ CnnModel = Literal[MODELS]  # type: ignore[valid-type]
 Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
 ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
+View = Literal[VIEWS]  # type: ignore[valid-type]
+SynthFormat = Literal[(*IMAGE_FORMATS, *VOLUME_FORMATS)]  # type: ignore[valid-type]
 
 # typer vendors click in recent versions; reach click's UsageError through an exported subclass
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -119,6 +126,21 @@ SubjectsOpt = typer.Option("auto", "--subjects", help="auto (manifest column, el
 PrecisionOpt = typer.Option("float32", "--precision", help="mixed: float16 on GPU, bfloat16 on CPU (TF engine; see docs/gpu.md).")
 DevicesOpt = typer.Option("auto", "--devices", help="auto: mirrored over all GPUs when there are 2+ (TF engine; see docs/gpu.md).")
 ProtocolOpt = typer.Option("official", "--protocol", help="official: the data's own test split; subject-cv: whole subjects held out; slice-cv: random slices (leaky).")
+# 3-D scans (NIfTI, Analyze, MGH, DICOM series, BIDS): how each becomes slices. Defaults and why: README "Your own scans".
+# typer takes no Literal inside a list (a repeatable option): the View choices are checked by a parser instead.
+ViewOpt = typer.Option(["axial"], "--view", parser=_one_of(get_args(View)), metavar=_metavar(get_args(View)), help="3-D scans: slice orientation; repeat for several (default axial, the plane of the Kaggle/OASIS slices).")
+SlicesOpt = typer.Option(N_SLICES, "--slices", min=1, help="3-D scans: slices per view, evenly spaced inside the brain's extent (default 32, as many as the Kaggle export has per person).")
+SeriesOpt = typer.Option(None, "--series", help="3-D scans: keep DICOM series whose SeriesDescription matches this regex (default: every 3-D anatomical series).")
+LabelColumnOpt = typer.Option(LABEL_COLUMN, "--label-column", help="BIDS root: the participants.tsv column holding the class.")
+VolumeIndexOpt = typer.Option(None, "--volume-index", min=0, help="4-D files: which volume to read (default: the first, with a note).")
+
+
+def _volume_options(view: list[str], slices: int, series: str | None, label_column: str, volume_index: int | None) -> Any:
+    from featurize.volume_featurize import VolumeOptions
+
+    views = tuple(v for item in view for v in item.split(",") if v)
+    return VolumeOptions(views=views, n_slices=slices, series=series, label_column=label_column,
+                         volume_index=volume_index)
 
 
 def _say(msg: str) -> None:
@@ -165,6 +187,11 @@ def featurize(
     artifacts: Optional[str] = ArtifactsOpt,
     list_: bool = typer.Option(False, "--list", help="List the available backbones and exit."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    view: list[str] = ViewOpt,
+    slices: int = SlicesOpt,
+    series: Optional[str] = SeriesOpt,
+    label_column: str = LabelColumnOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
     """Run a frozen pretrained backbone once over the images and cache the embeddings in HDF5."""
     if list_:
@@ -184,7 +211,8 @@ def featurize(
         res = featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                                resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
                                subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
-                               engine=engine, precision=precision, devices=devices)
+                               engine=engine, precision=precision, devices=devices,
+                               volumes=_volume_options(view, slices, series, label_column, volume_index))
         # for `classify` without --data: a cached rerun counts too, it is what the user ran last
         record_last(data=data, backbone=str(res[0].settings["backbone"]), dataset_id=res[0].dataset.dataset_id,
                     caches=[r.cache for r in res], artifacts=artifacts)
@@ -289,6 +317,11 @@ def baseline(
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
+    view: list[str] = ViewOpt,
+    slices: int = SlicesOpt,
+    series: Optional[str] = SeriesOpt,
+    label_column: str = LabelColumnOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
     from classify.cnn import train_baseline
@@ -296,7 +329,8 @@ def baseline(
     res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
                                       epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
                                       protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
-                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices))
+                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices,
+                                      volumes=_volume_options(view, slices, series, label_column, volume_index)))
     out.print(res.summary(), highlight=False, markup=False)
 
 
@@ -348,24 +382,37 @@ def synth(
     out_dir: str = typer.Option(..., "--out", help="Folder to write the Kaggle layout into."),
     subjects_per_class: int = typer.Option(6, "--subjects-per-class", min=1, help="Synthetic subjects per stage."),
     slices_per_subject: int = typer.Option(8, "--slices-per-subject", min=1, help="Adjacent axial slices per subject."),
-    size: str = typer.Option("176x208", "--size", help="WIDTHxHEIGHT."),
-    fmt: ImageFormat = typer.Option("png", "--format", help="Image file format."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT (default 176x208; with --volumes the in-plane voxels, default 64x76)."),
+    fmt: Optional[SynthFormat] = typer.Option(None, "--format", help="png|jpg slices (default png); with --volumes nifti|analyze|dicom scans (default nifti)."),
     split: Split = typer.Option("slice", "--split", help="slice: leaky, like Kaggle; subject: whole subjects in test."),
     seed: int = typer.Option(0, "--seed", min=0),
+    volumes: bool = typer.Option(False, "--volumes", help="Write 3-D scans, one per subject, in class folders (ROOT/<Class>/sub-<id>.nii.gz, .hdr/.img, or a DICOM folder)."),
 ) -> None:
-    """Generate deterministic brain-MRI-like slices of four dementia stages (no download needed)."""
+    """Generate deterministic brain-MRI-like slices (or 3-D scans) of four dementia stages (no download needed)."""
     from featurize.images import parse_size
     from featurize.synth import write_dataset
 
     def go() -> Any:
         try:
-            wh = parse_size(size)
+            wh = parse_size(size) if size else None
         except ValueError as exc:
             raise AlzmriError(str(exc)) from None
-        return write_dataset(out_dir, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, size=wh,
-                             fmt=fmt, split=split, seed=seed)
+        if volumes:
+            from featurize.synth_volumes import VolumeSpec, write_volume_dataset
+
+            volume_format = choose("--format with --volumes", fmt or "nifti", VOLUME_FORMATS)
+            spec = VolumeSpec(size=wh) if wh else VolumeSpec()
+            return write_volume_dataset(out_dir, fmt=volume_format, subjects_per_class=subjects_per_class, spec=spec,
+                                        seed=seed)
+        return write_dataset(out_dir, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject,
+                             size=wh or (176, 208), fmt=choose("--format", fmt or "png", IMAGE_FORMATS), split=split,
+                             seed=seed)
 
     truth = _run(go)
+    if volumes:
+        out.print(f"wrote {len(truth)} scans of {truth['subject'].nunique()} subjects to {out_dir}")
+        out.print(truth.groupby("label").size().to_string(), highlight=False)
+        return
     from featurize.synth import CLASS_NAMES
 
     counts = truth.groupby(["label", "split"]).size().unstack(1).fillna(0).astype(int).reindex(CLASS_NAMES)
@@ -381,19 +428,20 @@ def demo(
     subjects_per_class: int = typer.Option(8, "--subjects-per-class", min=2),
     epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs of the scratch CNN."),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    volumes: bool = typer.Option(False, "--volumes", help="On synthetic 3-D scans (NIfTI, one per subject, 8 axial slices each) instead of slices."),
 ) -> None:
     """Run the whole pipeline on built-in synthetic MRI data and print the report."""
     from classify.demo import run_demo
 
     res = _run(lambda: run_demo(artifacts, backbone=backbone, weights=weights, subjects_per_class=subjects_per_class,
-                                baseline_epochs=epochs, progress=not no_progress, log=_say))
+                                baseline_epochs=epochs, progress=not no_progress, log=_say, volumes=volumes))
     out.print(res.table, highlight=False)
     out.print(f"report: {res.report}   (alzmri report --artifacts ... to see it again; plots beside it)", highlight=False)
 
 
 @app.command(cls=_Command)
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images."),
+    inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images; or volume files (.nii, .nii.gz, .hdr/.img, .mgz) and DICOM folders: one row per scan."),
     model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` or a .keras model from `baseline`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
@@ -403,14 +451,21 @@ def predict(
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Where featurize left its model cards and exports (engines/): a bundle runs from them without TF when they match [default: $ALZMRI_ARTIFACTS, else ./artifacts]."),
     explain: Optional[str] = typer.Option(None, "--explain", help="Write a heatmap PNG per slice and a montage per subject into DIR."),
     explain_method: ExplainMethod = typer.Option("auto", "--explain-method", help="cam: exact, linear heads; occlusion: any head; auto: cam when possible."),
+    view: Optional[list[str]] = typer.Option(None, "--view", parser=_one_of(get_args(View)), metavar=_metavar(get_args(View)),
+                                             help="3-D scans: slice orientation, repeatable (default: the model's training cache's, else axial)."),
+    slices: Optional[int] = typer.Option(None, "--slices", min=1, help="3-D scans: slices per view (default: the model's, else 32)."),
+    series: Optional[str] = SeriesOpt,
+    volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
-    """Predict the stage of new slices with a saved model (never needs the training data)."""
+    """Predict the stage of new slices, or of whole scans, with a saved model (never needs the training data)."""
     from classify.predict import format_predictions, predict_paths
 
     fmt = "json" if as_json else "csv" if as_csv else "table"
+    volume = {"views": tuple(v for item in view or [] for v in item.split(",") if v) or None, "n_slices": slices,
+              "series": series, "volume_index": volume_index}
     table, subjects = _run(lambda: predict_paths(model, inputs, batch_size=batch_size, weights=weights, by_subject=by_subject,
                                                  progress=fmt == "table", artifacts=artifacts, log=_say, explain=explain,
-                                                 explain_method=explain_method))
+                                                 explain_method=explain_method, **volume))
     out.print(format_predictions(table, fmt), highlight=False, markup=False)
     if subjects is not None:
         out.print(format_predictions(subjects, fmt), highlight=False, markup=False)

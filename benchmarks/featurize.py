@@ -270,10 +270,10 @@ def engine_in_featurize(cache_dir: Path, info: dict[str, Any], pipeline: str = "
     images through ``PIPELINES[pipeline]``."""
     import featurize.pipeline as pl
     from featurize import engines
-    from featurize import run as frun
+    from featurize import extractor as fext
 
     info.update(infer_s=0.0, engine="-", path="-")
-    real = (engines.make_engine, engines.load_verified, pl.image_batches, frun.engines_dir)
+    real = (engines.make_engine, engines.load_verified, pl.image_batches, fext.engines_dir)
 
     def timed(fwd: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         calls = [0]
@@ -303,11 +303,11 @@ def engine_in_featurize(cache_dir: Path, info: dict[str, Any], pipeline: str = "
 
     engines.make_engine, engines.load_verified = timed_engine, timed_verified
     pl.image_batches = PIPELINES[pipeline][1]
-    frun.engines_dir = lambda artifacts=None: cache_dir
+    fext.engines_dir = lambda artifacts=None: cache_dir
     try:
         yield
     finally:
-        engines.make_engine, engines.load_verified, pl.image_batches, frun.engines_dir = real
+        engines.make_engine, engines.load_verified, pl.image_batches, fext.engines_dir = real
 
 
 def featurize_once(data: Path, artifacts: Path, backbone: str, weights: str, engine: str, batch: int,

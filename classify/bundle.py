@@ -42,6 +42,7 @@ BUNDLE_FORMAT = 1
 # What predict needs to recompute the features: the cache's identity, plus the seed of a random init (a cache's name
 # leaves it out) and what its weights checksum covers.
 BACKBONE_KEYS = (*SETTING_KEYS, "seed", "weights_sha256_scope")
+VOLUME_KEYS = ("input", "volume_views", "volume_slices", "volume_index")  # featurize.volume_featurize.VOLUME_KEYS
 DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official",
             "calibration": "none"}
 
@@ -127,7 +128,9 @@ def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
                        layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m),
                        calibration=getattr(res, "calibration", "none"))
     bundle = ModelBundle(
-        pipeline=res.model, class_names=list(fs.class_names), backbone={k: m.get(k) for k in BACKBONE_KEYS},
+        pipeline=res.model, class_names=list(fs.class_names),
+        # a volume cache's slicing too, so that predict cuts new scans the same way (2-D bundles are unchanged)
+        backbone={**{k: m.get(k) for k in BACKBONE_KEYS}, **{k: m[k] for k in VOLUME_KEYS if k in m}},
         fingerprint=str(m.get("fingerprint", "")), head=res.head, protocol=res.protocol, selection=selection,
         task=task, best_params=res.best_params,
         metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and np.isfinite(v)}, dataset_id=ds_id,

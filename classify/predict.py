@@ -141,17 +141,27 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_s
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
                   weights: str | None = None, by_subject: str | None = None, progress: bool = False,
                   artifacts: str | os.PathLike[str] | None = None, log: Log = lambda s: None,
-                  explain: str | os.PathLike[str] | None = None,
-                  explain_method: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                  explain: str | os.PathLike[str] | None = None, explain_method: str = "auto",
+                  **volume_options: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
 
     ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
-    slices' probabilities. A bundle's backbone runs from the model cards and exports in ``artifacts``'s engines
-    folder (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one matches its weights checksum, else with TF.
-    ``explain`` (a folder; .joblib bundles) writes heatmaps (classify.explain).
+    slices' probabilities. Volume files and DICOM folders give one row per scan instead
+    (``classify.volume_predict.predict_scans``, which takes the ``volume_options``). A bundle's backbone runs from
+    the model cards and exports in ``artifacts``'s engines folder (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one
+    matches its weights checksum, else with TF. ``explain`` (a folder; .joblib bundles) writes heatmaps
+    (classify.explain).
     """
     at_least("--batch-size", batch_size, 1)
-    files = expand_inputs(inputs)
+    from featurize.volume_inputs import split_inputs
+
+    images, scans = split_inputs(inputs)
+    if scans:
+        from classify.volume_predict import predict_scans
+
+        return predict_scans(model, scans, batch_size=batch_size, weights=weights, by_subject=by_subject,
+                             progress=progress, artifacts=artifacts, log=log, **volume_options)
+    files = expand_inputs(images)
     path = Path(model).expanduser()
     if path.suffix == ".keras":
         from classify.cnn import load_baseline, predict_files
@@ -221,10 +231,11 @@ def _by_subject(table: pd.DataFrame, files: list[str], probs: np.ndarray, class_
 
 def format_predictions(df: pd.DataFrame, fmt: str = "table") -> str:
     """Render predictions as an aligned table, CSV or JSON."""
-    if fmt == "csv":
-        return df.to_csv(index=False).rstrip("\n")
     if fmt == "json":
         return json.dumps(df.to_dict(orient="records"), indent=1, default=str)
+    df = df.drop(columns="slices", errors="ignore")  # the per-slice detail of a scan: JSON only
+    if fmt == "csv":
+        return df.to_csv(index=False).rstrip("\n")
     shown = df
     if "error" in shown and not shown["error"].astype(bool).any():
         shown = shown.drop(columns="error")

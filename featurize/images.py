@@ -81,6 +81,15 @@ def load_rgb(path: str | os.PathLike[str], size: tuple[int, int], resize: str = 
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def fit_gray(arr: np.ndarray, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """A 2-D uint8 slice (a volume's) as uint8 RGB of ``size`` = (width, height), resized as ``load_rgb`` resizes
+    a grayscale file: the one channel first, then replicated, so a slice and its PNG give the same pixels."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}")
+    gray = np.asarray(_fit(Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), mode="L"), size, resize), dtype=np.uint8)
+    return np.stack([gray, gray, gray], axis=-1)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """Parse ``WIDTHxHEIGHT`` (or a single number for a square) into (width, height)."""
     parts = text.lower().replace(" ", "").split("x")

@@ -7,11 +7,13 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from featurize.images import ImageError, load_rgb
+
+T = TypeVar("T")
 
 
 def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int, *,
@@ -48,6 +50,47 @@ def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batc
             yield _collect(pending.popleft())
         while pending:
             yield _collect(pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def item_batches(tasks: Iterable[T], decode: Callable[[T], list[tuple[Any, np.ndarray]]], batch_size: int, *,
+                 threads: int | None = None, ahead: int = 1,
+                 low_priority: bool = True) -> Iterator[tuple[np.ndarray, list[Any]]]:
+    """Batches of (uint8 images [B,H,W,3], their tags [B]) from tasks that each decode into any number of images.
+
+    The volume path: a task is one scan, ``decode`` reads it and cuts its slices (a list of (tag, image)), and the
+    slices of consecutive scans fill fixed-size batches, in task order. As in ``image_batches`` the decoding runs in
+    low-priority threads ahead of the consumer; at most ``threads + ahead`` tasks are in flight, so memory is bounded
+    by a few scans whatever the dataset's size.
+    """
+    n_threads = threads or cpu_threads()
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="alzmri-decode",
+                              initializer=_background if low_priority else None)
+    it = iter(tasks)
+    pending: deque[Future[list[tuple[Any, np.ndarray]]]] = deque()
+
+    def fill() -> None:
+        for task in it:
+            pending.append(pool.submit(decode, task))
+            if len(pending) >= n_threads + ahead:
+                return
+
+    try:
+        fill()
+        images: list[np.ndarray] = []
+        tags: list[Any] = []
+        while pending:
+            items = pending.popleft().result()
+            fill()
+            for tag, img in items:
+                tags.append(tag)
+                images.append(img)
+                if len(images) == batch_size:
+                    yield np.stack(images), tags
+                    images, tags = [], []
+        if images:
+            yield np.stack(images), tags
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -242,6 +242,7 @@ def featurize_layers(
     engine: str = "auto",
     precision: str = "float32",
     devices: str = "auto",
+    volumes: Any = None,
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
@@ -249,6 +250,8 @@ def featurize_layers(
     None takes the weights entry's (``--weights vgg16-brainmri``), else mobilenetv2. ``engine``
     is ``auto|tf|onnx|openvino``; ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) are the
     TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
+    When ``data`` holds 3-D scans, ``volumes`` (a ``volume_featurize.VolumeOptions``; default: its defaults) says
+    how they become slices, one cache row per (scan, view, slice index).
     """
     from featurize.devices import DEVICE_MODES, PRECISIONS
     from featurize.engines import ENGINES
@@ -258,24 +261,35 @@ def featurize_layers(
     engine = choose("engine", (engine or "auto").lower(), ENGINES)
     precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
+    from featurize.volume_featurize import VolumeOptions, holds_volumes, volume_job
     from featurize.weights_catalog import resolve
 
     choice = resolve(weights, backbone, artifacts=artifacts)
     settings_list = [feature_spec(choice, image_size, pooling, resize, c, precision).to_attrs() for c in choices]
     bb = choice.backbone
+    vopts = volumes if volumes is not None else VolumeOptions()
     t0 = time.perf_counter()
-    ds = scan(data, classes)
-    from featurize.grouping import resolve_subjects
+    job = volume_job(data, vopts, classes=classes, subjects=subjects, artifacts=artifacts) if holds_volumes(data) else None
+    if job is None:
+        ds = scan(data, classes)
+        from featurize.grouping import resolve_subjects
 
-    ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
-    table = ds.table
-    keys = list(zip(table["path"], table["sha1"]))
-    targets = [_Target(st, features_dir(ds.dataset_id, artifacts) / store.cache_name(st)) for st in settings_list]
+        ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
+        table = ds.table
+        keys = list(zip(table["path"], table["sha1"]))
+    ds_id = job.dataset_id if job else ds.dataset_id
+    targets = [_Target(st, features_dir(ds_id, artifacts) / store.cache_name(st)) for st in settings_list]
+
+    def pending() -> list[int]:
+        if job is not None:
+            return job.todo(targets)
+        return [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
+
     with contextlib.ExitStack() as stack:
         for t in targets:
             stack.enter_context(store.locked(t.cache))
             t.open(log)
-        todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
+        todo = pending()
         n_computed, rate = 0, 0.0
         if todo:
             st = settings_list[0]
@@ -286,18 +300,35 @@ def featurize_layers(
             forward, engine_used, sha, dims, legacy = got or from_tf(spec, log)
             for t, tag in zip(targets, spec.layer_tags):
                 t.accept_weights(sha, log, legacy.get(tag, frozenset()))
-            todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
-            n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
+            todo = pending()
+            extra: dict[str, Any] = {}
+            if job is not None:  # slices cut from the scans, in the decode threads
+                size = FeatureSpec.from_attrs(st).size
+
+                def wanted(key: tuple[str, str]) -> bool:
+                    return any(not t.src.known(key) for t in targets)
+
+                extra = {"batches": lambda: job.batches(todo, wanted, size, st["resize"], batch_size),
+                         "total": job.total(todo, targets)}
+            try:
+                n_computed, rate = _infer(forward, None if job else table, todo, st, batch_size, targets, dims,
+                                          part_rows, progress, **extra)
+            finally:
+                if job is not None:
+                    job.plan.save()  # an interrupted run keeps the plans of the scans it read
             for t in targets:
                 t.settings["engine"] = engine_used
+        if job is not None:
+            ds = job.dataset(targets)
+            keys = list(zip(ds.table["path"], ds.table["sha1"]))
         results = []
         for t in targets:
-            results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0))
+            results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0, vopts.attrs() if job else None))
     return results
 
 
 def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_computed: int, rate: float,
-            seed: int, t0: float) -> FeaturizeResult:
+            seed: int, t0: float, extra_attrs: dict[str, Any] | None = None) -> FeaturizeResult:
     """Write the cache if anything changed, clear the journal, and describe the outcome."""
     src, cache = t.src, t.cache
     table = ds.table
@@ -309,13 +340,14 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
     changed = n_computed > 0 or t.migrated or src.old is None or bool(src.parts) or _rows_changed(src.old, ok_rows, ds.class_names, failed)
     if changed:
         if not ok:
-            raise AlzmriError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
+            what = "scan" if extra_attrs else "image"
+            raise AlzmriError(f"{data}: no {what} could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][2]})")
         scope = t.settings.get("weights_sha256_scope") or src.old_attrs.get("weights_sha256_scope")
         attrs = {**t.settings, "weights_sha256": t.sha, **({"weights_sha256_scope": scope} if scope else {}),
                  "class_names": json.dumps(ds.class_names),
                  "data_root": str(ds.root), "dataset_id": ds.dataset_id, "source": ds.source,
                  "engine": _engines_of(t, n_computed, len(ok)), "featurize_images_per_s": rate, "seed": seed,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions()}
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **_versions(), **(extra_attrs or {})}
         rows = {k: ok_rows[k].to_numpy(dtype=object) for k in ("path", "label", "split", "subject", "sha1")}
         try:
             store.write_cache(cache, attrs, rows, src.blocks(ok), _dim(src), failed)
@@ -374,18 +406,38 @@ def _rows_changed(old: Path | None, ok_rows: Any, class_names: list[str], failed
         return any(not np.array_equal(store._strs(f[k]), ok_rows[k].to_numpy(dtype=object)) for k in ("path", "label", "split", "subject", "sha1"))
 
 
-def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
-           targets: list[_Target], dims: list[int], part_rows: int, progress: bool) -> tuple[int, float]:
-    """Run the model over ``todo`` rows, journaling every ``part_rows`` images into each target's journal.
-
-    The model's output columns are the targets' features side by side (widths ``dims``). Returns (count, images/s).
-    """
+def _file_batches(table: Any, todo: list[int], size: tuple[int, int], resize: str,
+                  batch_size: int) -> Iterator[tuple[np.ndarray, list[tuple[str, str, str]]]]:
+    """The 2-D path's batches: decoded image files, each tagged (path, sha1, error)."""
     from featurize.pipeline import image_batches
 
-    size = FeatureSpec.from_attrs(settings).size
-    forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
     sub = table.iloc[todo]
     paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()
+    done = 0
+    with contextlib.closing(image_batches(absps, size, resize, batch_size)) as batches:
+        for images, errs in batches:
+            yield images, [(paths[j], shas[j], e) for j, e in zip(range(done, done + len(errs)), errs)]
+            done += len(errs)
+
+
+Batches = Iterator[tuple[np.ndarray, list[tuple[str, str, str]]]]
+
+
+def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
+           targets: list[_Target], dims: list[int], part_rows: int, progress: bool,
+           batches: Callable[[], Batches] | None = None, total: int | None = None) -> tuple[int, float]:
+    """Run the model over ``todo`` rows, journaling every ``part_rows`` images into each target's journal.
+
+    The model's output columns are the targets' features side by side (widths ``dims``). ``batches`` makes the
+    (images, [(path, sha1, error)]) batches instead of the files of ``todo`` (the volume path: slices cut from
+    scans, about ``total`` of them). Returns (count, images/s).
+    """
+    size = FeatureSpec.from_attrs(settings).size
+    forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
+    if batches is None:
+        total = len(todo)
+        batches = lambda: _file_batches(table, todo, size, settings["resize"], batch_size)  # noqa: E731
+    total = int(total or 0)
     bounds = np.cumsum([0, *dims])
     buf: dict[str, list[Any]] = {"path": [], "sha1": [], "features": [], "failed_path": [], "failed_sha1": [], "failed_reason": []}
 
@@ -409,28 +461,28 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
     done = 0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        advance = stack.enter_context(progress_bar(len(todo), f"featurize {settings['backbone']}", enabled=progress))
+        advance = stack.enter_context(progress_bar(total, f"featurize {settings['backbone']}", enabled=progress))
         try:
-            batches = stack.enter_context(contextlib.closing(image_batches(absps, size, settings["resize"], batch_size)))
-            for images, errs in batches:
+            source = stack.enter_context(contextlib.closing(batches()))
+            for images, rows in source:
                 feats = forward(images)
-                good = np.array([e == "" for e in errs])
+                good = np.array([e == "" for _, _, e in rows])
                 buf["features"].append(feats[good])
-                for j, e in zip(range(done, done + len(errs)), errs):
+                for path, sha, e in rows:
                     if e:
-                        buf["failed_path"].append(paths[j])
-                        buf["failed_sha1"].append(shas[j])
+                        buf["failed_path"].append(path)
+                        buf["failed_sha1"].append(sha)
                         buf["failed_reason"].append(e)
                     else:
-                        buf["path"].append(paths[j])
-                        buf["sha1"].append(shas[j])
-                done += len(errs)
-                advance(len(errs))
+                        buf["path"].append(path)
+                        buf["sha1"].append(sha)
+                done += len(rows)
+                advance(len(rows))
                 if len(buf["path"]) + len(buf["failed_path"]) >= part_rows:
                     flush()
         except KeyboardInterrupt:
             flush()
-            raise AlzmriError(f"interrupted after {done} of {len(todo)} images; they are kept, rerun the same command to resume", exit_code=130) from None
+            raise AlzmriError(f"interrupted after {done} of {total} images; they are kept, rerun the same command to resume", exit_code=130) from None
         flush()
     elapsed = time.perf_counter() - t0
     return done, done / elapsed if elapsed > 0 else 0.0

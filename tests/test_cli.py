@@ -25,6 +25,9 @@ from featurize.engines import ENGINES
 from featurize.images import RESIZE_MODES
 from featurize.synth import FORMATS as IMAGE_FORMATS
 from featurize.synth import SPLITS
+from featurize.synth_volumes import FORMATS as VOLUME_FORMATS
+from featurize.volume_dataset import DEFAULT_LABEL_COLUMN
+from featurize.volumes import DEFAULT_N_SLICES, VIEWS
 from tests.conftest import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +35,15 @@ NAMES = tuple(BACKBONES)
 
 # every command, with the closed sets its --help must list (taken from the library, not from cli.py)
 CHOICES: dict[str, list[tuple[str, ...]]] = {
-    "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES],
+    "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES, VIEWS],
     "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS],
     "report": [REPORT_FORMATS],
-    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS],
+    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS],
     "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
     "subjects": [],
-    "synth": [IMAGE_FORMATS, SPLITS],
+    "synth": [IMAGE_FORMATS, SPLITS, VOLUME_FORMATS],
     "demo": [NAMES],
-    "predict": [],
+    "predict": [VIEWS],
     "weights": [],
 }
 
@@ -70,11 +73,18 @@ def test_mirrored_names_equal_the_library() -> None:
     # cli.py repeats these to stay free of scikit-learn and pandas at start-up; they must not drift
     assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS) == (
         tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS))
+    # the 3-D scan options: choices and the defaults --help shows
+    from typing import get_args
+
+    assert (get_args(cli.View), cli.VOLUME_FORMATS, cli.LABEL_COLUMN, cli.N_SLICES) == (
+        tuple(VIEWS), tuple(VOLUME_FORMATS), DEFAULT_LABEL_COLUMN, DEFAULT_N_SLICES)
 
 
 @pytest.mark.parametrize("args, option", [
     (["featurize", "--data", ".", "--pooling", "mean"], "--pooling"),
     (["featurize", "--data", ".", "--engine", "cuda"], "--engine"),
+    (["featurize", "--data", ".", "--view", "transverse"], "--view"),
+    (["featurize", "--data", ".", "--slices", "0"], "--slices"),
     (["classify", "--data", ".", "--head", "logreg,forest"], "--head"),
     (["classify", "--data", ".", "--protocol", "kfold"], "--protocol"),
     (["classify", "--data", ".", "--backbone", "alexnet"], "--backbone"),
@@ -241,3 +251,19 @@ def test_trust_choices_equal_the_library() -> None:
     from classify.explain import METHODS
 
     assert cli.CALIBRATIONS == CALIBRATIONS and cli.EXPLAIN_METHODS == METHODS
+
+
+@pytest.mark.parametrize("fmt, suffix", [("nifti", ".nii.gz"), ("analyze", ".hdr"), ("dicom", "")])
+def test_synth_volumes_writes_scans_that_scan_volumes_reads(runner: CliRunner, tmp_path: Path, fmt: str, suffix: str) -> None:
+    from featurize.volume_dataset import scan_volumes
+
+    out = tmp_path / fmt
+    res = runner.invoke(cli.app, ["synth", "--out", str(out), "--volumes", "--format", fmt, "--subjects-per-class", "1",
+                                  "--size", "40x48"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 scans of 4 subjects" in res.stdout
+    vds = scan_volumes(out)
+    assert len(vds.table) == 4 and vds.table["subject"].nunique() == 4
+    assert all(p.endswith(suffix) for p in vds.table["path"])
+    bad = runner.invoke(cli.app, ["synth", "--out", str(tmp_path / "x"), "--volumes", "--format", "png"])
+    assert bad.exit_code == 2 and "nifti" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

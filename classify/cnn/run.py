@@ -94,6 +94,7 @@ class BaselineConfig:
     min_epochs: int | None = None
     precision: str = "float32"
     devices: str = "auto"
+    volumes: Any = None  # featurize.volume_featurize.VolumeOptions for 3-D scans (None: its defaults)
 
     def __post_init__(self) -> None:
         from featurize.devices import DEVICE_MODES, PRECISIONS
@@ -210,6 +211,7 @@ class Prepared:
     folds: list[Fold]
     notes: list[str]
     split_note: str
+    volumes: dict[str, Any] = field(default_factory=dict)  # a volume dataset's slicing, for predict (sidecar)
 
 
 def _backbone(cfg: BaselineConfig) -> tuple[Backbone | None, str]:
@@ -234,20 +236,30 @@ def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, *, artifacts: str
     with ``classify.protocols.folds_for`` (the heads' folds for the same rows and seed)."""
     from featurize.dataset import class_indices, scan
     from featurize.grouping import resolve_subjects
+    from featurize.volume_featurize import VolumeOptions, holds_volumes, volume_arrays
 
     bb = get_backbone(cfg.backbone) if cfg.kind == "finetune" else None  # weights were checked by the caller
-    ds = scan(data, cfg.classes)
-    for p in ds.problems:
-        log(f"warning: {p}")
-    ds.table["subject"] = resolve_subjects(ds, cfg.subjects, artifacts=artifacts, log=log)
-    class_names = list(ds.class_names)
+    volumes = holds_volumes(data)
+    if not volumes:
+        ds = scan(data, cfg.classes)
+        for p in ds.problems:
+            log(f"warning: {p}")
+        ds.table["subject"] = resolve_subjects(ds, cfg.subjects, artifacts=artifacts, log=log)
     if bb is not None:  # build the base once now so that weight errors come before decoding
         from classify.cnn.models import quiet_build_base
 
         quiet_build_base(bb, cfg.weights, cfg.size, seed=cfg.seed)
+    if volumes:  # every (scan, view, slice) is a row, its subject the scan's
+        ds, X, errors = volume_arrays(data, cfg.volumes or VolumeOptions(), size=cfg.size, resize=cfg.resize,
+                                      gray=cfg.kind == "scratch", classes=cfg.classes, subjects=cfg.subjects,
+                                      artifacts=artifacts, progress=progress)
+        for p in ds.problems:
+            log(f"warning: {p}")
+    else:
+        X, errors = decode_images(ds.table["abspath"].tolist(), cfg.size, cfg.resize, gray=cfg.kind == "scratch",
+                                  progress=progress)
+    class_names = list(ds.class_names)
     table = ds.table
-    X, errors = decode_images(table["abspath"].tolist(), cfg.size, cfg.resize, gray=cfg.kind == "scratch",
-                              progress=progress)
     bad = np.array([bool(e) for e in errors], dtype=bool)
     failed = [(p, e) for p, e in zip(table["path"], errors) if e]
     for p, e in failed:
@@ -265,7 +277,8 @@ def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, *, artifacts: str
                              class_names=class_names, source=str(data))
     note = _split_note(cfg, given=has_split(split), grouped=groups is not None, n_folds=len(folds))
     return Prepared(ds=ds, table=table, images=Images(X, y, groups), class_names=class_names, failed=failed,
-                    folds=folds, notes=notes, split_note=note)
+                    folds=folds, notes=notes, split_note=note,
+                    volumes=(cfg.volumes or VolumeOptions()).attrs() if volumes else {})
 
 
 def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None = None, *,
@@ -340,7 +353,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
     sidecar_path = model_path.with_suffix(".json")
     _save_model(final.model, model_path)
     _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
-                   split_note=prep.split_note)
+                   split_note=prep.split_note, volumes=prep.volumes)
     curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
 
     size = f"{spec.size[0]}x{spec.size[1]}"
@@ -398,7 +411,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutcome, *, dataset_id: str,
-                   class_names: list[str], split_note: str) -> None:
+                   class_names: list[str], split_note: str, volumes: dict[str, Any] | None = None) -> None:
     from featurize.atomic import write_bytes_durably
 
     bb = spec.backbone
@@ -416,7 +429,7 @@ def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutco
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "val_balanced_accuracy": fit.best_val_bal_acc,
         "diverged_epoch": fit.diverged_epoch, "unfreeze": cfg.unfreeze if spec.kind == "finetune" else None,
         "precision": spec.settings().get("precision", "float32"), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **_versions(),
+        **_versions(), **(volumes or {}),
     }
     write_bytes_durably(path, json.dumps(sidecar, indent=1, default=float).encode())
 

@@ -27,6 +27,17 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     assert list((tmp_path / "art").rglob("*.png"))
 
 
+def test_volume_demo_end_to_end_tiny(tmp_path: Path) -> None:
+    res = run_demo(tmp_path / "art", weights="none", subjects_per_class=2, slices_per_subject=3, baseline_epochs=1,
+                   permutation=0, image_size="32x32", progress=False, volumes=True)
+    df = pd.read_csv(res.report)
+    assert {"logreg", "svm", "mlp", "end-to-end"} <= set(df["head"])
+    assert {"official", "subject-cv"} <= set(df["protocol"])
+    cv = df[(df["protocol"] == "subject-cv") & (df["head"] == "logreg")].iloc[0]
+    assert cv["n_train"] == 4 * 2 * 3  # scans x views x slices
+    assert len(list((tmp_path / "art" / "demo" / "synthetic-volumes").rglob("*.nii.gz"))) == 8
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     from cli import app
 
