@@ -12,6 +12,7 @@ puts every seen class in its column and gives classes the model never saw 0.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,10 @@ def head_graph(pipeline: Any, n_features: int, n_classes: int) -> Any:
 
     register_converters()
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    model = convert_sklearn(pipeline, initial_types=[(FEATURES, FloatTensorType([None, int(n_features)]))],
-                            target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET}, options={id(final): {"zipmap": False}})
+    with warnings.catch_warnings():  # skl2onnx's SVC converter reads probA_/probB_, deprecated in sklearn 1.9
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*prob[AB]_.*")
+        model = convert_sklearn(pipeline, initial_types=[(FEATURES, FloatTensorType([None, int(n_features)]))],
+                                target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET}, options={id(final): {"zipmap": False}})
     graph = model.graph
     seen = [o for o in graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     if len(seen) != 1:
