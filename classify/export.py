@@ -52,6 +52,11 @@ def export_model(model: str | Path, out: str | Path, *, weights: str | None = No
     model, out = Path(model).expanduser(), Path(out).expanduser()
     if out.suffix != ".onnx":
         raise AlzmriError(f"{out}: the export file must end in .onnx")
+    import importlib.util
+
+    missing = [p for p in ("onnx", "onnxruntime", "tf2onnx", "skl2onnx") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise AlzmriError(f"export needs {', '.join(missing)}: pip install {' '.join(missing)} (or alzmri[onnx])")
     if model.suffix == ".joblib":
         onnx_model, check, max_err, source = _export_bundle(model, weights, log)
     elif model.suffix == ".keras":
