@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -56,8 +56,10 @@ def load_onnx(path: str | os.PathLike[str], *, threads: int | None = None) -> On
         import onnxruntime as ort
     except ImportError:
         raise AlzmriError(f"{path}: ONNX models need ONNX Runtime; pip install onnxruntime") from None
+    data = path.read_bytes()  # check and load the very same bytes
+    _refuse_external_data(data, path)
     try:
-        session = ort.InferenceSession(str(path), ort_session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, ort_session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime reports corrupt files with several pybind types
         raise AlzmriError(f"{path}: not a loadable ONNX model (truncated, corrupt or unsupported: "
                           f"{_first_line(exc)}); export it again with `alzmri export`") from None
@@ -78,6 +80,34 @@ def load_onnx(path: str | os.PathLike[str], *, threads: int | None = None) -> On
     if out is None or out.type != "tensor(float)" or not (cols == n or cols is None or isinstance(cols, str)):
         raise AlzmriError(f"{path}: no float output `{OUTPUT}` [N, {n}] (one column per class); export it again")
     return OnnxModel(session, meta, path)
+
+
+def _refuse_external_data(data: bytes, path: Path) -> None:
+    """An export is one self-contained file; tensors stored in other files (ONNX "external data") could make the
+    graph read files beside it, so they are refused. Unparseable bytes are left to ONNX Runtime's own message."""
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+
+        model = onnx.load_model_from_string(data)
+    except Exception:  # noqa: BLE001 - no onnx package, or bytes ONNX Runtime will refuse in its own words
+        return
+    if any(uses_external_data(t) for t in _tensors(model.graph)):
+        raise AlzmriError(f"{path}: the model reads tensors from other files (ONNX external data); an alzmri export is "
+                          "one self-contained file, so it is refused; export it again with `alzmri export`")
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: initializers, and tensor attributes, in subgraphs too."""
+    yield from graph.initializer
+    yield from (s.values for s in graph.sparse_initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(sub)
 
 
 def predict_files(path: str | os.PathLike[str], files: list[str], *, batch_size: int = 32,

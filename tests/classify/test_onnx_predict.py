@@ -71,6 +71,20 @@ def test_a_valid_export_predicts_the_graphs_probabilities(tmp_path: Path) -> Non
     np.testing.assert_allclose(probs, want, atol=1e-6)
 
 
+def _external(t: Path, location: str) -> Path:
+    """The tiny model with its weights in another file (``location``, relative to the model's folder)."""
+    model = tiny_model()
+    w = model.graph.initializer[0]
+    (t / "beside.bin").write_bytes(np.zeros(6, np.float32).tobytes())
+    w.ClearField("float_data")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "24")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    return _save(model, t / "m.onnx")
+
+
 BAD = {
     "garbage": lambda t: (t / "m.onnx").write_bytes(b"this is not a protobuf at all \x00\xff" * 40),
     "truncated": lambda t: (t / "m.onnx").write_bytes(tiny_model().SerializeToString()[:150]),
@@ -79,11 +93,14 @@ BAD = {
     "wrong input name": lambda t: _save(tiny_model(input_name="input_1"), t / "m.onnx"),
     "input size differs from the metadata": lambda t: _save(tiny_model(size=16), t / "m.onnx"),
     "an operator from an unknown domain": lambda t: _save(tiny_model(op_domain="com.example.shell"), t / "m.onnx"),
+    "tensors in a file beside it": lambda t: _external(t, "beside.bin"),
+    "tensors in a file outside its folder": lambda t: _external(t, "../../etc/passwd"),
 }
 WHY = {"garbage": "not a loadable ONNX model", "truncated": "not a loadable ONNX model",
        "foreign: no alzmri metadata": "not an alzmri model", "wrong input type": "an alzmri model has one input",
        "wrong input name": "an alzmri model has one input", "input size differs from the metadata": "does not match",
-       "an operator from an unknown domain": "not a loadable ONNX model"}
+       "an operator from an unknown domain": "not a loadable ONNX model",
+       "tensors in a file beside it": "external data", "tensors in a file outside its folder": "external data"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
