@@ -41,6 +41,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "synth": [IMAGE_FORMATS, SPLITS],
     "demo": [NAMES],
     "predict": [],
+    "export": [],
 }
 
 

@@ -112,3 +112,14 @@ def test_a_bad_onnx_file_is_one_line_and_a_nonzero_exit(case: str, tmp_path: Pat
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.exception  # an exit, not a crash
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(tmp_path / "m.onnx") in res.output, res.output
+
+
+@pytest.mark.parametrize("name, out, why", [("m.txt", "m.onnx", "not a model file"),
+                                            ("m.joblib", "m.onnx", "no signature file"),
+                                            ("m.joblib", "m.bin", "must end in .onnx")])
+def test_export_refuses_on_one_line(tmp_path: Path, name: str, out: str, why: str) -> None:
+    (tmp_path / name).write_bytes(b"\x80\x04K\x01.")  # a pickle, unsigned
+    res = CliRunner().invoke(cli.app, ["export", "--model", str(tmp_path / name), "--out", str(tmp_path / out)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and why in lines[0], res.output
+    assert not (tmp_path / out).exists()
