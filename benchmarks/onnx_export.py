@@ -1,6 +1,6 @@
 """ONNX export on the real data: agreement with the bundle path, and ONNX predict speed next to featurize's.
 
-    KERAS_HOME=../shared/keras_home python -m benchmarks.onnx_export --artifacts ART [--rounds 2]
+    KERAS_HOME=../shared/keras_home python -m benchmarks.onnx_export --artifacts ART [--rounds 2] [--n 300]
 
 ART must hold bundles trained on the shared Kaggle-layout slices (``alzmri featurize`` + ``alzmri classify``
 there), with featurize's engines folder. For each bundle: export, then on the test split compare the ONNX
@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--artifacts", required=True)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--engines", default="onnx,openvino")
+    ap.add_argument("--n", type=int, default=10**9, help="test slices in the speed rounds (default: all)")
+    ap.add_argument("--skip-agreement", action="store_true")
     args = ap.parse_args()
     from classify.predict import expand_inputs
     from featurize.subjects import infer_subjects, thumbnails
@@ -88,19 +90,32 @@ def main() -> None:
     subjects = np.asarray(infer_subjects(thumbnails(files)).labels, dtype=object)
     out_dir = Path(tempfile.mkdtemp(prefix="alzmri-onnx-"))
     rows: dict[str, object] = {}
-    for b in bundles:
+    for b in [] if args.skip_agreement else bundles:
         rows[b.name] = agreement(b, out_dir / f"{b.stem}.onnx", files, subjects)
         print(json.dumps({b.name: rows[b.name]}), flush=True)
     model = out_dir / f"{bundles[0].stem}.onnx"
+    if not model.is_file():
+        from classify.export import export_model
+
+        export_model(bundles[0], model)
     speed: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        for engine in args.engines.split(","):
-            speed.setdefault(f"featurize {engine}", []).append(featurize_rate(test, art / "engines", engine))
-        rate, load_s = onnx_rate(model, files)
-        speed.setdefault("onnx predict (onnxruntime)", []).append(rate)
-        speed.setdefault("onnx load s", []).append(load_s)
+    chosen = files if args.n >= len(files) else sorted(np.random.default_rng(0).choice(files, args.n, replace=False))
+    manifest = out_dir / "subset.csv"  # featurize a subset through a manifest (a fresh cache every time)
+    manifest.write_text("path,label\n" + "".join(f"{f},{Path(f).parent.name}\n" for f in chosen))
+    for r in range(args.rounds):
+        steps = [*(f"featurize {e}" for e in args.engines.split(",")), "onnx predict (onnxruntime)"]
+        for step in steps if r % 2 == 0 else steps[::-1]:  # alternate the order: the load drifts
+            if step.startswith("featurize"):
+                speed.setdefault(step, []).append(featurize_rate(manifest, art / "engines", step.split()[1]))
+            else:
+                rate, load_s = onnx_rate(model, chosen)
+                speed.setdefault(step, []).append(rate)
+                speed.setdefault("onnx load s", []).append(load_s)
         print(json.dumps(speed), flush=True)
-    print(json.dumps({"agreement": rows, "speed": speed}, indent=1))
+    med = {k: float(np.median(v)) for k, v in speed.items()}
+    ratios = {f"onnx predict / {k}": float(np.median(np.array(speed["onnx predict (onnxruntime)"]) / np.array(v)))
+              for k, v in speed.items() if k.startswith("featurize")}
+    print(json.dumps({"agreement": rows, "speed": speed, "median": med, "paired_ratio_median": ratios}, indent=1))
 
 
 if __name__ == "__main__":
