@@ -50,12 +50,14 @@ def main(argv: list[str]) -> int:
     meta = session.get_modelmeta().custom_metadata_map
     classes = json.loads(meta["alzmri.classes"])
     width, height = (int(v) for v in meta["alzmri.input_size"].split("x"))
-    images = np.stack([load(p, width, height, meta["alzmri.resize"]) for p in argv[1:]])
-    probs = session.run(["probabilities"], {"image": images})[0]
+    step = int(meta.get("alzmri.batch", "32"))  # a few images per call: memory stays small, and it is faster
     out = csv.writer(sys.stdout)
     out.writerow(["file", "predicted", *[f"p_{c}" for c in classes]])
-    for path, p in zip(argv[1:], probs):
-        out.writerow([path, classes[int(np.argmax(p))], *[repr(float(v)) for v in p]])
+    for i in range(0, len(argv) - 1, step):
+        paths = argv[1 + i:1 + i + step]
+        images = np.stack([load(p, width, height, meta["alzmri.resize"]) for p in paths])
+        for path, p in zip(paths, session.run(["probabilities"], {"image": images})[0]):
+            out.writerow([path, classes[int(np.argmax(p))], *[repr(float(v)) for v in p]])
     return 0
 
 
