@@ -12,6 +12,7 @@ int8 and logreg / svm are scored under subject-cv on both feature sets (same fol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -82,10 +83,10 @@ def main() -> None:
     b = load_runtime(int8, "onnx", 4, (224, 224))(images[:64])
     cos = float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
     speed: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for _ in range(args.rounds):
+    for _ in range(0 if args.evaluate else args.rounds):
         speed["fp32"].append(rate(fp32, images))
         speed["int8"].append(rate(int8, images))
-    out: dict[str, object] = {"speed": speed, "ratio_median": float(np.median(np.array(speed["int8"]) / np.array(speed["fp32"]))),
+    out: dict[str, object] = {"speed": speed, "ratio_median": float(np.median(np.array(speed["int8"]) / np.array(speed["fp32"]))) if speed["fp32"] else None,
                               "feature_cosine": cos, "rel_error": float(np.abs(a - b).max() / np.abs(a).max()),
                               "size_mb": {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6}}
     print(json.dumps(out), flush=True)
@@ -97,8 +98,7 @@ def main() -> None:
         forward = load_runtime(int8, "onnx", 4, (224, 224))
         files = [str(p) if Path(p).is_absolute() else str(root / p) for p in fs.paths]
         X8 = np.concatenate([forward(decode(files[i:i + 256])) for i in range(0, len(files), 256)])
-        q = featurize.featureset.FeatureSet(X=X8, y=fs.y, paths=fs.paths, split=fs.split, subject=fs.subject,
-                                            class_names=fs.class_names, meta=fs.meta)
+        q = dataclasses.replace(fs, X=X8)
         scores = {}
         for head in ("logreg", "svm"):
             for name, f in (("fp32", fs), ("int8", q)):

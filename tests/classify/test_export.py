@@ -154,3 +154,25 @@ def test_a_keras_cnn_exports_with_its_probabilities(trained: tuple[Path, Path, d
     assert load_onnx(exp.path).meta["kind"] == "cnn" and len(names) == want.shape[1]
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+
+
+def test_a_mid_layer_bundle_is_cut_out_of_a_multi_choice_export(trained: tuple[Path, Path, dict[str, Path]],
+                                                                tmp_path: Path) -> None:
+    from featurize.run import featurize_layers
+
+    data, _, _ = trained
+    art = tmp_path / "artifacts"
+    featurize_layers(data, layer_choices=["last", "mid"], backbone="mobilenetv2", weights="none", image_size="32x32",
+                     subjects="auto", artifacts=art, progress=False)
+    df = classify_dataset(data, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art,
+                          progress=False, log=lambda s: None)
+    (mid,) = [Path(b) for b in df.attrs["bundles"] if "block_13" in Path(b).name]
+    res = export_model(mid, tmp_path / "mid.onnx")
+    assert "no TF" in res.backbone_from and load_onnx(res.path).meta["layers"] == "block_13_expand_relu"
+    files = expand_inputs([data / "test"])
+    bundle = load_bundle(mid)
+    caches = featurize.store.find_caches(featurize.dataset.dataset_id(data), art)
+    fs = featurize.load(next(c for c in caches if "block_13" in Path(c).name))
+    by_path = {str(data / p): i for i, p in enumerate(fs.paths)}
+    got, _, _ = predict_files(res.path, files)
+    np.testing.assert_allclose(got, bundle.predict_proba(fs.X[[by_path[f] for f in files]]), atol=1e-4)
