@@ -442,7 +442,7 @@ def demo(
 @app.command(cls=_Command)
 def predict(
     inputs: list[str] = typer.Argument(..., help="Image files and/or folders of images; or volume files (.nii, .nii.gz, .hdr/.img, .mgz) and DICOM folders: one row per scan."),
-    model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` or a .keras model from `baseline`."),
+    model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` a .keras model from `baseline`, or a .onnx file from `export`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
     by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
@@ -472,6 +472,20 @@ def predict(
     n_bad = int(table["error"].astype(bool).sum())
     if n_bad:
         _say(f"{n_bad} file(s) could not be read (see the error column)")
+
+
+@app.command(cls=_Command)
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="A signed .joblib bundle from `classify` or a .keras model from `baseline`."),
+    out_path: str = typer.Option(..., "--out", help="The .onnx file to write (a Markdown model card goes beside it)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Where featurize left its model cards and exports (engines/): the backbone is taken from them without TF when they match [default: $ALZMRI_ARTIFACTS, else ./artifacts]."),
+) -> None:
+    """Export a model as one ONNX file, pixels to probabilities, safe to share (runs in ONNX Runtime alone)."""
+    from classify.export import export_model
+
+    res = _run(lambda: export_model(model, out_path, weights=weights, artifacts=artifacts, log=_say))
+    out.print(res.summary(), highlight=False, markup=False)
 
 
 def _single(command: Callable[..., None]) -> typer.Typer:

@@ -1,4 +1,5 @@
-"""``alzmri predict``: classify new slices with a saved head bundle (.joblib) or an end-to-end model (.keras).
+"""``alzmri predict``: classify new slices with a saved head bundle (.joblib), an end-to-end model (.keras) or an
+ONNX export (.onnx, ``onnx_predict``).
 
 It needs only the model file: the backbone is rebuilt from the spec saved in the bundle and verified against
 the saved weights checksum, so features are computed exactly as they were for training.
@@ -116,14 +117,23 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
     return got[0]
 
 
-def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_size: int, log: Log = lambda s: None) -> Callable[[np.ndarray], np.ndarray]:
-    """Rebuild the backbone with TF, with the bundle's layer taps; refuse other weights than the head was trained on.
+def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_size: int,
+                     log: Log = lambda s: None) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled TF forward pass of ``backbone_model``."""
+    from featurize.pipeline import make_forward
+
+    return make_forward(*backbone_model(spec, bb, weights, log), batch_size)
+
+
+def backbone_model(spec: dict[str, Any], bb: Any, weights: str | None,
+                   log: Log = lambda s: None) -> tuple[Any, Callable[[Any], Any]]:
+    """(Keras feature model, preprocess) rebuilt with TF (``extractor.build``) with the bundle's layer taps and its
+    weights' preprocessing; refuses other weights than the head was trained on.
 
     A bundle made by alzmri 0.1.0 from a mid-layer cache recorded the checksum of a truncated model: it is accepted
     when it is that of these very weights (``backbones.prefix_checksums``)."""
     from featurize.devices import precision_policy
     from featurize.extractor import build
-    from featurize.pipeline import make_forward
 
     choice = str(spec.get("layers") or "last").replace("+", ",")  # a layer tag names its taps; build resolves them
     with precision_policy(str(spec.get("precision") or "float32")):  # the cache's policy: the head saw those features
@@ -135,7 +145,7 @@ def _forward_from_tf(spec: dict[str, Any], bb: Any, weights: str | None, batch_s
             raise WeightsError(f"the {bb.name} weights loaded now (sha256 {got[:12]}) differ from those the model was "
                                f"trained on ({want[:12]}); features would not match, so predict refuses")
         log(f"the model records the checksum of a truncated {bb.name} (alzmri 0.1.0); verified: same weights")
-    return make_forward(model, preprocess, batch_size)
+    return model, preprocess
 
 
 def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32,
@@ -182,8 +192,13 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
         ok = np.array([not e for e in errors])
         if ok.any():
             probs[ok] = bundle.predict_proba(X[ok])
+    elif path.suffix == ".onnx":  # a shared export: ONNX Runtime only, no TF, no pickle, no key
+        from classify.onnx_predict import predict_files as onnx_files
+
+        probs, errors, class_names = onnx_files(path, files, batch_size=batch_size, progress=progress)
     else:
-        raise AlzmriError(f"{path}: not a model file; pass a .joblib bundle from `alzmri classify` or a .keras model from `alzmri baseline`")
+        raise AlzmriError(f"{path}: not a model file; pass a .joblib bundle from `alzmri classify`, a .keras model from "
+                          "`alzmri baseline` or a .onnx file from `alzmri export`")
     table = _table(files, probs, errors, class_names)
     subjects = _by_subject(table, files, probs, class_names, by_subject, log) if by_subject else None
     if path.suffix == ".joblib":  # the bundle's per-subject prediction sets, if it has them

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -87,21 +87,28 @@ def cached_forward_for(folder: str | os.PathLike[str], settings: dict[str, Any],
                        batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], str] | None:
     """(forward, weights checksum) for the one layer choice ``tag`` (e.g. ``block_13_expand_relu``), from its own card
     or from the card of a pass that computed it beside other choices (its columns are cut out); None when in doubt."""
+    for card, lo, hi in cards_for(folder, settings, tag, seed, engine):
+        got = _load(folder, card, engine, batch_size)
+        if got is not None:
+            return _columns(got[0], lo, hi), got[2]
+    return None
+
+
+def cards_for(folder: str | os.PathLike[str], settings: dict[str, Any], tag: str, seed: int,
+              engine: str = "auto") -> Iterator[tuple[dict[str, Any], int, int]]:
+    """Every usable card whose export computes layer choice ``tag``, with that choice's columns ``lo:hi`` (its own
+    card first); the caller still verifies the export (``engines.load_verified``)."""
     source = _card_and_source(folder, settings, seed, engine)
     if source is None:
-        return None
+        return
     exact = card_path(folder, settings, [tag], seed)
     head, tail = card_path(folder, settings, ["LAYERS-HERE"], seed).name.split("LAYERS-HERE", 1)
     for path in [exact, *sorted(p for p in Path(folder).glob(f"{head}*{tail}") if p != exact)]:
         card = read_card(path, source)
         if card is None or tag not in card.get("tags", []) or len(card["tags"]) != len(card["dims"]):
             continue
-        got = _load(folder, card, engine, batch_size)
-        if got is None:
-            continue
         i = card["tags"].index(tag)
-        return _columns(got[0], sum(card["dims"][:i]), sum(card["dims"][:i + 1])), got[2]
-    return None
+        yield card, sum(card["dims"][:i]), sum(card["dims"][:i + 1])
 
 
 def _columns(full: Callable[[np.ndarray], np.ndarray], lo: int, hi: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -45,6 +45,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "demo": [NAMES],
     "predict": [VIEWS],
     "weights": [],
+    "export": [],
 }
 
 
