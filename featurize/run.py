@@ -242,6 +242,7 @@ def featurize_layers(
     engine: str = "auto",
     precision: str = "float32",
     devices: str = "auto",
+    cluster: str | None = None,
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
@@ -249,6 +250,8 @@ def featurize_layers(
     None takes the weights entry's (``--weights vgg16-brainmri``), else mobilenetv2. ``engine``
     is ``auto|tf|onnx|openvino``; ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) are the
     TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
+    ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the images on Dask workers
+    (``featurize.distributed``); the journal, resume and the lock are the same.
     """
     from featurize.devices import DEVICE_MODES, PRECISIONS
     from featurize.engines import ENGINES
@@ -258,6 +261,10 @@ def featurize_layers(
     engine = choose("engine", (engine or "auto").lower(), ENGINES)
     precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
+    if cluster:
+        from featurize.cluster import parse_cluster
+
+        cluster = parse_cluster(cluster)  # type: ignore[assignment]
     from featurize.weights_catalog import resolve
 
     choice = resolve(weights, backbone, artifacts=artifacts)
@@ -278,6 +285,10 @@ def featurize_layers(
         todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
         n_computed, rate = 0, 0.0
         if todo:
+            if cluster:  # connect before building anything: a bad address is one line at once
+                from featurize.cluster import session
+
+                stack.enter_context(session(cluster))
             st = settings_list[0]
             spec = ModelSpec(bb, choice.load, st, choices, [x["layers"] for x in settings_list], seed, engine,
                              batch_size, artifacts, precision, devices)
@@ -287,7 +298,13 @@ def featurize_layers(
             for t, tag in zip(targets, spec.layer_tags):
                 t.accept_weights(sha, log, legacy.get(tag, frozenset()))
             todo = [i for i, k in enumerate(keys) if any(not t.src.known(k) for t in targets)]
-            n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
+            if cluster:
+                from featurize.distributed import infer_on_cluster
+
+                n_computed, rate, engine_used = infer_on_cluster(cluster, spec, sha, table, todo, st, targets, dims,
+                                                                 part_rows, progress, log)
+            else:
+                n_computed, rate = _infer(forward, table, todo, st, batch_size, targets, dims, part_rows, progress)
             for t in targets:
                 t.settings["engine"] = engine_used
         results = []
