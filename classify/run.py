@@ -15,6 +15,7 @@ from classify.plots import confusion_from_row, confusion_name, summary_png
 from classify.protocols import check_protocol
 from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
+from featurize.cluster import on_cluster
 from featurize.config import dataset_dir, features_dir, report_path
 from featurize.errors import AlzmriError, CacheError
 from featurize.options import at_least
@@ -86,11 +87,13 @@ def regenerate_summary(artifacts: str | os.PathLike[str] | None = None, *, datas
     return out
 
 
+@on_cluster
 def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all",
                      heads: list[str] | tuple[str, ...] | str = ("logreg", "svm", "mlp"), protocol: str = "official",
                      artifacts: str | os.PathLike[str] | None = None, permutation: int = 0, n_jobs: int = 2,
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
-                     pca: int | None | str = "default", log: Log | None = None, layers: str = "all") -> pd.DataFrame:
+                     pca: int | None | str = "default", log: Log | None = None, layers: str = "all",
+                     cluster: str | None = None) -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
@@ -99,6 +102,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     when subjects are known). ``task`` is a label map (``stages``, ``binary`` or ``A=x,B=y,*=z``).
     Warnings go to ``log`` (default: stderr) and are also returned in ``df.attrs["warnings"]``; the written
     bundle and plot paths are in ``df.attrs["bundles"]`` and ``df.attrs["plots"]``.
+    ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the CV folds on Dask workers
+    through joblib's Dask backend (``featurize.cluster.folds_on``).
     """
     from featurize.dataset import dataset_id
     from featurize.progress import progress_bar

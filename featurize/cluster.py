@@ -11,11 +11,12 @@ Why Dask and not Ray: docs/cluster.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from featurize.errors import ClusterError
 
@@ -23,6 +24,7 @@ CONNECT_TIMEOUT = 20.0  # s: a scheduler that does not answer in this time is no
 WORKERS_TIMEOUT = 120.0  # s: waiting for the first worker to join (a batch job may still be queued)
 THREADS_ENV = "ALZMRI_THREADS"  # cores one worker's engine and decoders may use (featurize.pipeline.cpu_threads)
 
+T = TypeVar("T")
 _HELP = "expected local[:N], tcp://HOST:PORT or scheduler-file:PATH"
 
 
@@ -48,19 +50,19 @@ def parse_cluster(text: str) -> ClusterSpec:
     if raw.startswith("local:"):
         n = raw.split(":", 1)[1]
         if not n.isdigit() or int(n) < 1:
-            raise ClusterError(f"--cluster {raw!r}: N in local:N must be a whole number of at least 1")
+            raise ClusterError(f"--cluster {raw!r}: N in local:N must be a whole number of at least 1", exit_code=2)
         return ClusterSpec("local", "", int(n))
     if raw.startswith("tcp://"):
         host, _, port = raw[len("tcp://"):].rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ClusterError(f"--cluster {raw!r}: {_HELP} (a port between 1 and 65535)")
+            raise ClusterError(f"--cluster {raw!r}: {_HELP} (a port between 1 and 65535)", exit_code=2)
         return ClusterSpec("tcp", raw)
     if raw.startswith("scheduler-file:"):
         path = os.path.expanduser(raw.split(":", 1)[1])
         if not path:
-            raise ClusterError(f"--cluster {raw!r}: {_HELP}")
+            raise ClusterError(f"--cluster {raw!r}: {_HELP}", exit_code=2)
         return ClusterSpec("file", path)
-    raise ClusterError(f"--cluster {raw!r}: {_HELP}")
+    raise ClusterError(f"--cluster {raw!r}: {_HELP}", exit_code=2)
 
 
 _ACTIVE: dict[str, Any] = {}  # spec -> open Client, so that nested sessions (sweep -> featurize) share one cluster
@@ -154,62 +156,13 @@ def folds_on(spec: str | None) -> Iterator[None]:
             yield
 
 
-try:  # the plugin base class only when Dask is installed; without it --cluster says how to get it
-    from distributed import WorkerPlugin as _PluginBase
-except ImportError:  # pragma: no cover - exercised only where dask is absent
-    _PluginBase = object  # type: ignore[assignment,misc]
+def on_cluster(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` inside ``folds_on`` of its ``cluster`` keyword, so that one command uses one cluster throughout
+    (sweep's featurize pass reuses the session its folds run on)."""
 
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        with folds_on(kwargs.get("cluster")):
+            return fn(*args, **kwargs)
 
-class ExtractorPlugin(_PluginBase):  # type: ignore[misc,valid-type]
-    """Holds one worker's feature model: opened on the first chunk (model card + verified export, else TF), then
-    reused by every chunk that worker runs.
-
-    It opens lazily, in the task thread, rather than in ``setup``: building with TF can take a minute on a busy node,
-    and ``setup`` runs on the worker's event loop, which must keep answering the scheduler's heartbeats. An open that
-    fails is remembered and raised by every later chunk on that worker, naming it."""
-
-    def __init__(self, spec: Any, sha: str, threads: int | None) -> None:
-        self.spec, self.sha, self.threads = spec, sha, threads
-
-    def setup(self, worker: Any) -> None:
-        self.address = str(worker.address)
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._error: str = ""
-        if self.threads:
-            os.environ[THREADS_ENV] = str(self.threads)
-
-    def teardown(self, worker: Any) -> None:
-        self._model = None
-
-    def model(self) -> Any:
-        """The worker's ``extractor.FeatureModel``; ClusterError naming the worker when it cannot be opened."""
-        with self._lock:
-            if self._model is None and not self._error:
-                self._open()
-            if self._error:
-                raise ClusterError(self._error)
-            return self._model
-
-    def _open(self) -> None:
-        from featurize.config import engines_dir
-        from featurize.extractor import from_card, from_tf
-        from featurize.spec import FeatureSpec
-
-        log = logging.getLogger("alzmri.cluster").info
-        try:
-            got = from_card(self.spec) or from_tf(self.spec, log)
-            if got.sha != self.sha:
-                self._error = (f"worker {self.address}: built weights with checksum {got.sha[:12]}, the driver "
-                               f"{self.sha[:12]}; every node must see the same weights file and Keras cache")
-                return
-            import numpy as np
-
-            w, h = FeatureSpec.from_attrs(self.spec.settings).size
-            got.forward(np.zeros((self.spec.batch_size, h, w, 3), np.uint8))  # warm-up: trace and allocate once
-            self._model = got
-        except Exception as exc:  # noqa: BLE001 - any failure to open becomes the one line that names this worker
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            self._error = (f"worker {self.address}: cannot open the {self.spec.settings['backbone']} feature model "
-                           f"({msg}); its engines folder is {engines_dir(self.spec.artifacts)}, which every node must "
-                           "see on the shared filesystem (docs/cluster.md)")
+    return wrapped

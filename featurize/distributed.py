@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
+import threading
 import time
 from typing import Any
 
 import numpy as np
+from distributed import WorkerPlugin
 
 from featurize import store
-from featurize.cluster import ClusterSpec, ExtractorPlugin, local_threads, parse_cluster, session, workers_ready
+from featurize.cluster import THREADS_ENV, ClusterSpec, local_threads, parse_cluster, session, workers_ready
 from featurize.errors import AlzmriError, CacheError, ClusterError
 from featurize.progress import progress_bar
 from featurize.spec import FeatureSpec
@@ -31,6 +34,7 @@ OVERHEAD_SHARE = 0.02  # per-task cost allowed per chunk
 MAX_CHUNK = 2048  # images: bounds the work a killed worker loses, and the result size (2048 x 1280 float32 = 10 MB)
 RETRIES = 2  # a chunk whose task raises is run up to 1 + RETRIES times (worker deaths: distributed's allowed-failures)
 STALL_TIMEOUT = 900.0  # s without any finished chunk: the run ends instead of hanging
+LAST_RUN: dict[str, float] = {}  # the last run's chunk statistics (benchmarks/cluster.py reads them)
 
 
 class Chunker:
@@ -69,6 +73,61 @@ class Chunker:
         return min(size, remaining)
 
 
+class ExtractorPlugin(WorkerPlugin):
+    """Holds one worker's feature model: opened on the first chunk (model card + verified export, else TF), then
+    reused by every chunk that worker runs.
+
+    It opens lazily, in the task thread, rather than in ``setup``: building with TF can take a minute on a busy node,
+    and ``setup`` runs on the worker's event loop, which must keep answering the scheduler's heartbeats. An open that
+    fails is remembered and raised by every later chunk on that worker, naming it."""
+
+    def __init__(self, spec: Any, sha: str, threads: int | None) -> None:
+        self.spec, self.sha, self.threads = spec, sha, threads
+
+    def setup(self, worker: Any) -> None:
+        self.address = str(worker.address)
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._error: str = ""
+        if self.threads:
+            os.environ[THREADS_ENV] = str(self.threads)
+
+    def teardown(self, worker: Any) -> None:
+        self._model = None
+
+    def model(self) -> Any:
+        """The worker's ``extractor.FeatureModel``; ClusterError naming the worker when it cannot be opened."""
+        with self._lock:
+            if self._model is None and not self._error:
+                self._open()
+            if self._error:
+                raise ClusterError(self._error)
+            return self._model
+
+    def _open(self) -> None:
+        from featurize.config import engines_dir
+        from featurize.extractor import from_card, from_tf
+        from featurize.spec import FeatureSpec
+
+        log = logging.getLogger("alzmri.cluster").info
+        try:
+            got = from_card(self.spec) or from_tf(self.spec, log)
+            if got.sha != self.sha:
+                self._error = (f"worker {self.address}: built weights with checksum {got.sha[:12]}, the driver "
+                               f"{self.sha[:12]}; every node must see the same weights file and Keras cache")
+                return
+            import numpy as np
+
+            w, h = FeatureSpec.from_attrs(self.spec.settings).size
+            got.forward(np.zeros((self.spec.batch_size, h, w, 3), np.uint8))  # warm-up: trace and allocate once
+            self._model = got
+        except Exception as exc:  # noqa: BLE001 - any failure to open becomes the one line that names this worker
+            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            self._error = (f"worker {self.address}: cannot open the {self.spec.settings['backbone']} feature model "
+                           f"({msg}); its engines folder is {engines_dir(self.spec.artifacts)}, which every node must "
+                           "see on the shared filesystem (docs/cluster.md)")
+
+
 def featurize_chunk(plugin: str, paths: list[str], size: tuple[int, int], resize: str, batch_size: int) -> dict[str, Any]:
     """On a worker: decode and infer ``paths`` with the worker's model. Features of readable files, one error
     string per file ("" when fine), the seconds it took. A file missing on this node raises (Dask retries the chunk;
@@ -86,7 +145,9 @@ def featurize_chunk(plugin: str, paths: list[str], size: tuple[int, int], resize
     t0 = time.perf_counter()
     feats, errs = [], []
     try:
-        with contextlib.closing(image_batches(paths, size, resize, batch_size)) as batches:
+        # normal priority here: each chunk starts with an empty pipeline, and a lowest-priority decoder on a loaded node
+        # leaves the engine waiting for its first batch (the per-task cost, docs/cluster.md)
+        with contextlib.closing(image_batches(paths, size, resize, batch_size, low_priority=False)) as batches:
             for images, e in batches:
                 out = model.forward(images)
                 feats.append(out[np.array([x == "" for x in e])])
@@ -177,6 +238,7 @@ def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any
         pending: dict[Any, tuple[int, int]] = {}
         engines: set[str] = set()
         start, done, t0, seen = 0, 0, time.perf_counter(), time.monotonic()
+        t_first = t0
         try:
             with progress_bar(len(todo), f"featurize {settings['backbone']} on {cs}", enabled=progress) as advance:
                 while start < len(todo) or pending:
@@ -194,6 +256,8 @@ def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any
                         raise ClusterError(f"--cluster {cs}: no chunk finished in {stall_timeout:.0f} s "
                                            f"({len(client.nthreads())} workers connected); rerun to resume") from None
                     for fut in finished:
+                        if not done:
+                            t_first = time.perf_counter()  # every later chunk: workers already hold their model
                         lo, hi = pending.pop(fut)
                         got = _result(fut, absps[lo], KilledWorker)
                         journal.add(paths[lo:hi], shas[lo:hi], got["features"], got["errors"])
@@ -211,6 +275,11 @@ def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(name)
         a, b = chunker.fit() if chunker.obs else (chunker.round_trip, 0.0)
+        first = chunker.obs[0][0] if chunker.obs else 0
+        LAST_RUN.clear()
+        LAST_RUN.update(chunks=len(chunker.obs), overhead_s=a, per_image_s=b, round_trip_s=chunker.round_trip,
+                        steady_images_per_s=(done - first) / max(time.perf_counter() - t_first, 1e-9) if done > first else 0.0,
+                        sizes_min=min((o[0] for o in chunker.obs), default=0), sizes_max=max((o[0] for o in chunker.obs), default=0))
         log(f"cluster {cs}: {threads} worker threads, per-task overhead {a * 1e3:.0f} ms, "
             f"{b * 1e3:.1f} ms per image per worker, last chunk size {chunker.next_size(10**9, threads)}")
     elapsed = time.perf_counter() - t0

@@ -168,3 +168,36 @@ def test_no_scheduler_is_one_line_within_the_timeout(tmp_path: Path, monkeypatch
     with pytest.raises(ClusterError, match="no such file"):
         with fcluster.session(f"scheduler-file:{tmp_path / 'nope.json'}"):
             pass
+
+
+class _Keys:
+    """Scheduler plugin: the keys of every task that finished."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
+        if finish == "memory":
+            self.keys.append(str(key))
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_classify_folds_run_on_the_cluster_through_joblib(ref: dict[str, Any], client: Any) -> None:
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from classify.evaluate import evaluate
+    from classify.run import classify_dataset
+
+    seen = type("Keys", (_Keys, SchedulerPlugin), {})()
+    client.cluster.scheduler.add_plugin(seen, name="alzmri-test-keys")
+    try:
+        df = classify_dataset(ref["root"], backbone="mobilenetv2", heads=["logreg"], protocol="slice-cv",
+                              artifacts=ref["art"], progress=False, cluster="local:2", log=lambda s: None)
+    finally:
+        client.cluster.scheduler.remove_plugin("alzmri-test-keys")
+    folds = [k for k in seen.keys if "_fold" in k]
+    assert folds, f"no CV fold ran on the cluster: {seen.keys[:5]}"
+    local = evaluate(ref["fs"], "logreg", protocol="slice-cv", n_jobs=1, seed=0)
+    assert df["balanced_accuracy"].iloc[0] == pytest.approx(local.metrics["balanced_accuracy"], abs=1e-9)
