@@ -281,7 +281,7 @@ def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any
                         steady_images_per_s=(done - first) / max(time.perf_counter() - t_first, 1e-9) if done > first else 0.0,
                         sizes_min=min((o[0] for o in chunker.obs), default=0), sizes_max=max((o[0] for o in chunker.obs), default=0))
         log(f"cluster {cs}: {threads} worker threads, per-task overhead {a * 1e3:.0f} ms, "
-            f"{b * 1e3:.1f} ms per image per worker, last chunk size {chunker.next_size(10**9, threads)}")
+            f"{b * 1e3:.1f} ms per image per worker, chunk size on a long run {chunker.next_size(10**9, threads)}")
     elapsed = time.perf_counter() - t0
     return done, done / elapsed if elapsed > 0 else 0.0, "+".join(sorted(engines))
 
