@@ -124,6 +124,8 @@ ArtifactsOpt = typer.Option(None, "--artifacts", help="Output folder for everyth
 DataOpt = typer.Option(..., "--data", help="Data root (ROOT/{train,test}/<Class>/*, or ROOT/<Class>/*) or a CSV manifest path,label[,split,subject].")
 SubjectsOpt = typer.Option("auto", "--subjects", help="auto (manifest column, else inferred) | infer | column | regex:PATTERN | none.")
 PrecisionOpt = typer.Option("float32", "--precision", help="mixed: float16 on GPU, bfloat16 on CPU (TF engine; see docs/gpu.md).")
+ClusterOpt = typer.Option(None, "--cluster", metavar="<local[:N]|tcp://HOST:PORT|scheduler-file:PATH>",
+                          help="Run on a Dask cluster (docs/cluster.md): local:N worker processes on 127.0.0.1, or a scheduler.")
 DevicesOpt = typer.Option("auto", "--devices", help="auto: mirrored over all GPUs when there are 2+ (TF engine; see docs/gpu.md).")
 ProtocolOpt = typer.Option("official", "--protocol", help="official: the data's own test split; subject-cv: whole subjects held out; slice-cv: random slices (leaky).")
 # 3-D scans (NIfTI, Analyze, MGH, DICOM series, BIDS): how each becomes slices. Defaults and why: README "Your own scans".
@@ -192,6 +194,7 @@ def featurize(
     series: Optional[str] = SeriesOpt,
     label_column: str = LabelColumnOpt,
     volume_index: Optional[int] = VolumeIndexOpt,
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Run a frozen pretrained backbone once over the images and cache the embeddings in HDF5."""
     if list_:
@@ -211,7 +214,7 @@ def featurize(
         res = featurize_layers(data, backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                                resize=resize, layer_choices=layers, batch_size=batch_size, classes=classes,
                                subjects=subjects, artifacts=artifacts, progress=not no_progress, log=_say,
-                               engine=engine, precision=precision, devices=devices,
+                               engine=engine, precision=precision, devices=devices, cluster=cluster,
                                volumes=_volume_options(view, slices, series, label_column, volume_index))
         # for `classify` without --data: a cached rerun counts too, it is what the user ran last
         record_last(data=data, backbone=str(res[0].settings["backbone"]), dataset_id=res[0].dataset.dataset_id,
@@ -241,6 +244,7 @@ def classify(
     conformal: Optional[float] = typer.Option(None, "--conformal", help="Per-subject prediction sets at this coverage level (e.g. 0.90), calibrated by subject."),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Train scikit-learn heads on cached features, evaluate honestly, and upsert report.csv."""
     from classify.report import format_report
@@ -256,7 +260,7 @@ def classify(
     df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
                                        progress=not no_progress, task=task, log=_say, layers=layers,
-                                       calibration=calibrate, conformal=conformal))
+                                       calibration=calibrate, conformal=conformal, cluster=cluster))
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
@@ -349,6 +353,7 @@ def sweep(
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Evaluate backbones x layers x heads x tasks under subject-cv; report the top 10, a nested estimate, and save the winner."""
     from classify.sweep import format_sweep, run_sweep, sweep_lists
@@ -356,7 +361,8 @@ def sweep(
     backbone_list, layer_list, head_list, task_list = sweep_lists(backbones=backbones, layers=layers, heads=heads, tasks=tasks)
     results = _run(lambda: run_sweep(data, backbones=backbone_list, layers=layer_list, heads=head_list, tasks=task_list,
                                      weights=weights, image_size=image_size, criterion=criterion, artifacts=artifacts,
-                                     n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say, calibration=calibrate))
+                                     n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say, calibration=calibrate,
+                                     cluster=cluster))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 

@@ -16,6 +16,7 @@ from classify.protocols import check_protocol
 from classify.reliability import reliability_from_row, reliability_name
 from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
+from featurize.cluster import on_cluster
 from featurize.config import dataset_dir, features_dir, report_path
 from featurize.errors import AlzmriError, CacheError
 from featurize.options import at_least
@@ -87,12 +88,14 @@ def regenerate_summary(artifacts: str | os.PathLike[str] | None = None, *, datas
     return out
 
 
+@on_cluster
 def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all",
                      heads: list[str] | tuple[str, ...] | str = ("logreg", "svm", "mlp"), protocol: str = "official",
                      artifacts: str | os.PathLike[str] | None = None, permutation: int = 0, n_jobs: int = 2,
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
                      pca: int | None | str = "default", log: Log | None = None, layers: str = "all",
-                     calibration: str = "none", conformal: float | None = None) -> pd.DataFrame:
+                     calibration: str = "none", conformal: float | None = None,
+                     cluster: str | None = None) -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
@@ -102,6 +105,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     and ``conformal`` (a level) are fitted inside each training part (classify.calibration, classify.conformal).
     Warnings go to ``log`` (default: stderr) and are also returned in ``df.attrs["warnings"]``; the written
     bundle and plot paths are in ``df.attrs["bundles"]`` and ``df.attrs["plots"]``.
+    ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the CV folds on Dask workers
+    through joblib's Dask backend (``featurize.cluster.folds_on``).
     """
     from featurize.dataset import dataset_id
     from featurize.progress import progress_bar

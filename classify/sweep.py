@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.atomic import atomic_path
+from featurize.cluster import on_cluster
 from featurize.errors import AlzmriError
 
 Log = Callable[[str], None]
@@ -88,12 +89,15 @@ def label(c: Candidate) -> str:
     return f"{c.backbone}({c.weights})/{c.layers}/{c.head}"
 
 
+@on_cluster
 def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: list[str], heads: list[str], tasks: list[str],
               weights: str = "imagenet", image_size: str | None = None, criterion: str = "balanced_accuracy",
               artifacts: str | os.PathLike[str] | None = None, n_jobs: int = 2, seed: int = 0, batch_size: int = 32,
-              progress: bool = True, log: Log = lambda s: None, calibration: str = "none") -> list[SweepResult]:
+              progress: bool = True, log: Log = lambda s: None, calibration: str = "none",
+              cluster: str | None = None) -> list[SweepResult]:
     """Featurize what is missing (one pass per backbone), evaluate every combination under subject-cv,
-    write every row to report.csv, and refit + save the winner of each task for ``predict``."""
+    write every row to report.csv, and refit + save the winner of each task for ``predict``.
+    ``cluster`` runs the featurize pass and the CV folds on one Dask cluster (``featurize.cluster``)."""
     from classify.bundle import bundle_for, save_bundle
     from classify.evaluate import evaluate
     from classify.heads import head_names
@@ -114,7 +118,8 @@ def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: lis
     for b in backbones:
         log(f"featurize {b} ({wmap[b]}), layers {', '.join(layers)}: computing only what is not cached")
         for res in featurize_layers(data, backbone=b, weights=wmap[b], image_size=image_size, layer_choices=layers,
-                                    subjects="auto", artifacts=artifacts, progress=progress, log=log, batch_size=batch_size):
+                                    subjects="auto", artifacts=artifacts, progress=progress, log=log, batch_size=batch_size,
+                                    cluster=cluster):
             caches.append(res.cache)
     results = []
     for task in tasks:

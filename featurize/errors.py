@@ -30,3 +30,9 @@ class WeightsError(AlzmriError):
     """Pretrained weights that cannot be had or do not match."""
 
     exit_code = 5
+
+
+class ClusterError(AlzmriError):
+    """A ``--cluster`` that cannot be reached, or workers that keep failing (the message names the worker and file)."""
+
+    exit_code = 6

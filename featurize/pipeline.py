@@ -107,7 +107,11 @@ def _background() -> None:
 
 
 def cpu_threads() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    """Cores this process may run on: ``$ALZMRI_THREADS`` when set (a cluster worker sharing its node with others,
+    ``featurize.cluster``), else the affinity mask, not the machine's count."""
+    env = os.environ.get("ALZMRI_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):

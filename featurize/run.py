@@ -243,6 +243,7 @@ def featurize_layers(
     precision: str = "float32",
     devices: str = "auto",
     volumes: Any = None,
+    cluster: str | None = None,
 ) -> list[FeaturizeResult]:
     """Featurize ``data`` once into one cache per layer choice (``last``, ``mid``, ``multi``, ``NAME,...``).
 
@@ -252,6 +253,8 @@ def featurize_layers(
     TF engine's GPU options (``featurize.devices``): mixed precision or several replicas imply the TF engine.
     When ``data`` holds 3-D scans, ``volumes`` (a ``volume_featurize.VolumeOptions``; default: its defaults) says
     how they become slices, one cache row per (scan, view, slice index).
+    ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the images on Dask workers
+    (``featurize.distributed``); the journal, resume and the lock are the same.
     """
     from featurize.devices import DEVICE_MODES, PRECISIONS
     from featurize.engines import ENGINES
@@ -261,6 +264,10 @@ def featurize_layers(
     engine = choose("engine", (engine or "auto").lower(), ENGINES)
     precision, devices = choose("precision", precision, PRECISIONS), choose("devices", devices, DEVICE_MODES)
     choices = list(dict.fromkeys(layer_choices or ["last"]))
+    if cluster:
+        from featurize.cluster import parse_cluster
+
+        cluster = parse_cluster(cluster)  # type: ignore[assignment]
     from featurize.volume_featurize import VolumeOptions, holds_volumes, volume_job
     from featurize.weights_catalog import resolve
 
@@ -270,6 +277,8 @@ def featurize_layers(
     vopts = volumes if volumes is not None else VolumeOptions()
     t0 = time.perf_counter()
     job = volume_job(data, vopts, classes=classes, subjects=subjects, artifacts=artifacts) if holds_volumes(data) else None
+    if job is not None and cluster:
+        raise AlzmriError(f"{data}: --cluster runs 2-D image files; 3-D scans are featurized in-process (drop --cluster)")
     if job is None:
         ds = scan(data, classes)
         from featurize.grouping import resolve_subjects
@@ -292,6 +301,10 @@ def featurize_layers(
         todo = pending()
         n_computed, rate = 0, 0.0
         if todo:
+            if cluster:  # connect before building anything: a bad address is one line at once
+                from featurize.cluster import session
+
+                stack.enter_context(session(cluster))
             st = settings_list[0]
             spec = ModelSpec(bb, choice.load, st, choices, [x["layers"] for x in settings_list], seed, engine,
                              batch_size, artifacts, precision, devices)
@@ -311,8 +324,14 @@ def featurize_layers(
                 extra = {"batches": lambda: job.batches(todo, wanted, size, st["resize"], batch_size),
                          "total": job.total(todo, targets)}
             try:
-                n_computed, rate = _infer(forward, None if job else table, todo, st, batch_size, targets, dims,
-                                          part_rows, progress, **extra)
+                if cluster:
+                    from featurize.distributed import infer_on_cluster
+
+                    n_computed, rate, engine_used = infer_on_cluster(cluster, spec, sha, table, todo, st, targets,
+                                                                     dims, part_rows, progress, log)
+                else:
+                    n_computed, rate = _infer(forward, None if job else table, todo, st, batch_size, targets, dims,
+                                              part_rows, progress, **extra)
             finally:
                 if job is not None:
                     job.plan.save()  # an interrupted run keeps the plans of the scans it read
