@@ -155,6 +155,9 @@ def resolve(weights: str, backbone: str | None = None, *, artifacts: str | os.Pa
         entry = catalog[key]
     elif Path(raw).expanduser().is_file():
         entry = WeightsEntry(name="file", source="file", path=Path(raw).expanduser(), provenance=f"weights file {raw}")
+    elif os.sep in raw or "/" in raw or raw.lower().endswith((".h5", ".keras")):
+        raise WeightsError(f"{Path(raw).expanduser()}: weights file not found; pass --weights imagenet, --weights none, "
+                           "a weights catalog name (alzmri weights), or the path of a Keras weights file (.h5 / .weights.h5)")
     else:
         names = ", ".join(sorted(catalog))
         raise WeightsError(f"--weights {raw}: neither a weights name ({names}) nor a file; pass one of them, a path of a "

@@ -16,6 +16,7 @@ from featurize import run as frun
 from featurize.dataset import scan
 from featurize.errors import AlzmriError, CacheError, DataError
 from tests.conftest import write_images
+from tests.helpers import assert_same_features
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -49,14 +50,14 @@ def test_flat_folders_and_manifest(tmp_path: Path, artifacts: Path) -> None:
     fm = featurize.load(frun.featurize_dataset(manifest, **{**FAST, "subjects": "column"}).cache)
     assert len(fm) == 8 and set(fm.subject) == {"s0", "s1", "s2", "s3"}
     order = np.argsort(fm.paths)
-    np.testing.assert_allclose(fm.X[order], fs.X[np.argsort(fs.paths)], atol=1e-5)
+    assert_same_features(fm.X[order], fs.X[np.argsort(fs.paths)])
 
 
 def test_features_identical_across_batch_sizes(kaggle_root: Path, artifacts: Path, tmp_path: Path) -> None:
     a = featurize.load(_feat(kaggle_root, batch_size=3).cache)
     b = featurize.load(_feat(kaggle_root, batch_size=16, artifacts=tmp_path / "other").cache)
     assert list(a.paths) == list(b.paths)
-    np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-5)
+    assert_same_features(a.X, b.X)
 
 
 def test_resume_after_interruption_equals_clean_run(kaggle_root: Path, artifacts: Path, tmp_path: Path,
@@ -85,7 +86,7 @@ def test_resume_after_interruption_equals_clean_run(kaggle_root: Path, artifacts
     assert res.n_computed == 12  # 8 of 20 survived the interruption
     resumed = featurize.load(res.cache)
     assert list(resumed.paths) == list(clean.paths)
-    np.testing.assert_allclose(resumed.X, clean.X, atol=1e-6)
+    assert_same_features(resumed.X, clean.X)
     assert not (res.cache.parent / (res.cache.name + ".parts")).exists()
 
 
@@ -98,7 +99,7 @@ def test_weights_path_round_trip(kaggle_root: Path, artifacts: Path, tmp_path: P
     from_file = _feat(kaggle_root, weights=str(wfile))
     assert from_file.settings["weights"].startswith("file-")
     seeded = _feat(kaggle_root, seed=7, artifacts=tmp_path / "seeded")
-    np.testing.assert_allclose(featurize.load(from_file.cache).X, featurize.load(seeded.cache).X, atol=1e-5)
+    assert_same_features(featurize.load(from_file.cache).X, featurize.load(seeded.cache).X)
     assert from_file.settings["weights_sha256"] == seeded.settings["weights_sha256"]
     with pytest.raises(AlzmriError, match="weights file not found"):
         _feat(kaggle_root, weights=str(tmp_path / "missing.h5"))
@@ -148,7 +149,7 @@ def test_unreadable_cache_is_rebuilt(kaggle_root: Path, artifacts: Path) -> None
     msgs: list[str] = []
     again = _feat(kaggle_root, log=msgs.append)
     assert again.n_computed == 20 and any("rebuilding" in m for m in msgs)
-    np.testing.assert_allclose(featurize.load(again.cache).X, ref, atol=1e-6)
+    assert_same_features(featurize.load(again.cache).X, ref)
 
 
 def test_settings_are_never_mixed(kaggle_root: Path, artifacts: Path) -> None:
@@ -201,8 +202,8 @@ def test_one_pass_writes_one_cache_per_layer_choice(kaggle_root: Path, artifacts
     assert last.X.shape[1] == 1280 and mid.meta["layers"] == "block_13_expand_relu"
     assert multi.X.shape[1] == 192 + 576 + 1280  # block_6_expand, block_13_expand, last
     alone = featurize.load(_feat(kaggle_root, layers="mid", artifacts=artifacts / "alone").cache)
-    np.testing.assert_allclose(mid.X, alone.X, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(multi.X[:, -1280:], last.X, rtol=1e-5, atol=1e-5)
+    assert_same_features(mid.X, alone.X)
+    assert_same_features(multi.X[:, -1280:], last.X)
     assert all(r.n_computed == 0 for r in frun.featurize_layers(kaggle_root, layer_choices=["last", "mid"], **FAST))
 
 
