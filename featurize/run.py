@@ -165,7 +165,7 @@ class _Target:
                 if _same(marker, settings, _NO_SHA):
                     self.journal_sha = marker.get("weights_sha256", "")
                     self.journal_scope = marker.get("weights_sha256_scope", "")
-                    parts = store.read_parts(self.journal)
+                    parts = store.read_parts(self.journal, log=log)
                     for part in parts:
                         self.src.add_part(part)
                     if parts:
