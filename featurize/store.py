@@ -157,7 +157,8 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
     n = len(rows["path"])
     remove_stale_temps(Path(path))
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        _reserve(tmp, _size_bound(n, dim, rows, failed))
+        with h5py.File(tmp, "r+") as f:
             feats = f.create_dataset("features", shape=(n, dim), dtype="float32",
                                      chunks=(max(1, min(n, 1024)), dim) if n else None, maxshape=(None, dim))
             start = 0
@@ -175,6 +176,28 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
                         fingerprint=fingerprint(attrs, rows["path"], rows["sha1"]))
             for k, v in meta.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _size_bound(n: int, dim: int, rows: dict[str, np.ndarray], failed: list[tuple[str, str, str]]) -> int:
+    """An upper bound of a cache's bytes: whole feature chunks, every string with heap overhead, 1 MiB metadata."""
+    chunk = max(1, min(n, 1024))
+    feats = -(-n // chunk) * chunk * dim * 4 if n else 0
+    texts = sum(len(str(v).encode()) + 48 for k in ("path", "label", "split", "subject", "sha1") for v in rows[k])
+    texts += sum(len(str(v).encode()) + 48 for r in failed for v in r)
+    return feats + 2 * texts + (1 << 20)
+
+
+def _reserve(tmp: Path, nbytes: int) -> None:
+    """Make ``tmp`` an empty HDF5 file with ``nbytes`` reserved behind it, so that a full disk (ENOSPC, or EFBIG
+    under a file-size limit) is a clean OSError here. HDF5 itself must never meet one: h5py turns a failed write
+    into a RuntimeError at close and then crashes the interpreter (seen as SIGSEGV). HDF5 allocates from its end
+    of data, inside the reserved bytes, and cuts the file to its real size on close."""
+    with open(tmp, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, nbytes)  # fail before HDF5 writes a byte
+    with h5py.File(tmp, "w"):  # the superblock (truncating frees the probe's bytes just before)
+        pass
+    with open(tmp, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, nbytes)
 
 
 def remove_stale_temps(final: Path) -> None:

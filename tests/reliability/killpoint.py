@@ -65,7 +65,8 @@ if __name__ == "__main__":
         t, count, act = spec.split(",", 2)
         install(t, int(count), act)
     rest = sys.argv[cut + 1:]
-    if rest[:1] == ["-c"]:
+    if rest[:1] == ["-c"]:  # -c CODE ARGS...: CODE sees sys.argv[1:] == ARGS
+        sys.argv = ["-c", *rest[2:]]
         exec(compile(rest[1], "<killpoint>", "exec"), {"__name__": "__killpoint__"})  # noqa: S102 - test harness
     else:
         sys.argv = ["alzmri", *rest]
