@@ -156,7 +156,8 @@ def read_nibabel(path: str | os.PathLike[str], *, volume_index: int | None = Non
     notes: list[str] = []
     try:
         img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, nib.spatialimages.HeaderTypeError,
+            ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a damaged header: HeaderDataError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: not a readable NIfTI/Analyze/MGH volume ({reason}); check the file is complete") from None
     shape = _squeeze_shape(img.shape)
@@ -188,7 +189,7 @@ def read_nibabel(path: str | os.PathLike[str], *, volume_index: int | None = Non
         else:
             data = np.asanyarray(proxy)[slicer]
             slope, inter = 1.0, 0.0
-    except (ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (nib.spatialimages.HeaderDataError, ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise _read_error(name, exc) from None
     if not np.isfinite(slope) or slope == 0:
         slope = 1.0

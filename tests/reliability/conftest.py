@@ -1,0 +1,13 @@
+"""Hypothesis profiles for the fuzz tests: ``ci`` (default, bounded) and ``long`` (``HYPOTHESIS_PROFILE=long``).
+No example database: nothing is written into the repo (a failure prints its example)."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
+settings.register_profile("ci", max_examples=40, **_COMMON)
+settings.register_profile("long", max_examples=2000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
