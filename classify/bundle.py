@@ -237,6 +237,45 @@ def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle, *, name: str 
     return path
 
 
+def sign_files(path: str | os.PathLike[str], *also: str | os.PathLike[str]) -> Path:
+    """Sign a model file that is not a bundle (a ``.keras`` baseline) together with its sidecars, in ``<path>.sig``
+    (written last and atomically: a crash before it leaves the old signature, which no longer matches)."""
+    path = Path(path)
+    data = b"".join(_framed(p) for p in (path, *also))
+    sig = {"hmac": hmac.new(signing_key(create=True), data, hashlib.sha256).hexdigest(), "algorithm": "HMAC-SHA256",
+           "file": path.name, "also": [Path(p).name for p in also], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_bytes_durably(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
+    return sig_path(path)
+
+
+def verified_bytes(path: str | os.PathLike[str], *also: str | os.PathLike[str], retrain: str) -> list[bytes]:
+    """The bytes of ``path`` and its sidecars, once their signature (``sign_files``) verifies; AlzmriError (one
+    line, ``retrain`` says how to re-create them) for a missing, malformed or mismatching signature."""
+    path = Path(path)
+    risk = f"loading an unsigned model file could run arbitrary code, so alzmri refuses it; {retrain}"
+    sp = sig_path(path)
+    if not sp.is_file():
+        raise AlzmriError(f"{path}: no signature file {sp.name}; {risk}")
+    try:
+        expected = str(json.loads(sp.read_text())["hmac"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AlzmriError(f"{sp}: malformed signature; {risk}") from None
+    try:
+        blobs = [Path(p).read_bytes() for p in (path, *also)]
+    except OSError as exc:
+        raise AlzmriError(f"{exc.filename}: cannot read it ({exc.strerror}); {retrain}") from None
+    data = b"".join(len(b).to_bytes(8, "big") + b for b in blobs)
+    if not hmac.compare_digest(hmac.new(signing_key(create=False), data, hashlib.sha256).hexdigest(), expected):
+        raise AlzmriError(f"{path}: signature does not match (file or sidecar changed, or signed with another user's "
+                          f"key than {key_file()}); {risk}")
+    return blobs
+
+
+def _framed(path: str | os.PathLike[str]) -> bytes:
+    data = Path(path).read_bytes()
+    return len(data).to_bytes(8, "big") + data  # length-prefixed: bytes cannot move between the files
+
+
 def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
     """Verify the signature of ``path`` against this user's key, then unpickle it.
 

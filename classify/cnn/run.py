@@ -347,6 +347,9 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
         _save_model(final.model, model_path)
         _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
                        split_note=prep.split_note)
+        from classify.bundle import sign_files
+
+        sign_files(model_path, sidecar_path)  # last: a crash before it leaves a signature that no longer matches
         curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
 
         size = f"{spec.size[0]}x{spec.size[1]}"
