@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import featurize
 from featurize import run as frun
@@ -100,3 +101,20 @@ def test_damaged_journal_parts_truncated_or_bit_flipped_are_detected_and_recompu
     assert res.n_computed == 40 - 16  # the two intact parts are reused, the damaged ones recomputed
     clean = frun.featurize_dataset(data, **FAST, artifacts=tmp_path / "clean")
     np.testing.assert_allclose(featurize.load(res.cache).X, featurize.load(clean.cache).X, atol=1e-6)
+
+
+def test_other_weights_behind_the_same_cache_name_recompute_everything(tmp_path: Path) -> None:
+    """Random-init with another seed: the same cache name, other weights. A fully cached rerun never builds the
+    model, so it goes by the recorded seed; with something new to compute, the checksum says it."""
+    data, art = tmp_path / "data", tmp_path / "art"
+    write_images(data, "kaggle", n_per_class=3)
+    first = frun.featurize_dataset(data, **FAST, artifacts=art)
+    msgs: list[str] = []
+    other = frun.featurize_dataset(data, **FAST, artifacts=art, seed=7, log=msgs.append)
+    assert other.cache == first.cache and other.n_computed == 12, msgs
+    assert sum("recomputing all" in m for m in msgs) == 1
+    assert other.settings["weights_sha256"] != first.settings["weights_sha256"]
+    assert featurize.load(other.cache).meta["weights_sha256"] == other.settings["weights_sha256"]
+    Image.fromarray(np.full((52, 44), 77, np.uint8)).save(data / "train" / "NonDemented" / "new.png")
+    back = frun.featurize_dataset(data, **FAST, artifacts=art, seed=0, log=msgs.append)
+    assert back.n_computed == 13 and back.settings["weights_sha256"] == first.settings["weights_sha256"]
