@@ -135,7 +135,7 @@ def _judge(s: Series, series_regex: re.Pattern | None) -> str:
 def list_series(folder: str | Path, *, series: str | None = None) -> tuple[list[Series], list[str]]:
     """Every series under ``folder`` from headers only, each judged; plus notes on files that are not images."""
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     folder = Path(folder)
     try:
@@ -148,7 +148,7 @@ def list_series(folder: str | Path, *, series: str | None = None) -> tuple[list[
     for f in dicom_files(folder):
         try:
             ds = dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, *_HEADER_ERRORS) as exc:
+        except (InvalidDicomError, BytesLengthException, OSError, EOFError, *_HEADER_ERRORS) as exc:
             reason = " ".join(str(exc).split()).split(". ")[0][:120] or type(exc).__name__
             notes.append(f"{f}: not a readable DICOM file ({reason}), skipped")
             continue
@@ -211,9 +211,11 @@ def read_series(s: Series) -> Volume:
     """Read a judged series into a Volume (LPS positions turned into a RAS affine). Gaps are filled and noted.
 
     A damaged header value (found only when it is used) is a one-line DataError naming the series."""
+    from pydicom.errors import BytesLengthException
+
     try:
         return _read_series(s)
-    except _HEADER_ERRORS as exc:
+    except (BytesLengthException, *_HEADER_ERRORS) as exc:
         raise DataError(f"{s.label}: damaged DICOM header or pixel data ({_why(exc)}); re-export the series") from None
 
 

@@ -4,7 +4,7 @@ the subject resolver and the volume readers (NIfTI, DICOM).
 The property: every input gives a decoded result or a one-line ``AlzmriError``; never another exception, never
 more than 20 s, never more than 200 MB of peak memory. Real small files are made here and then truncated,
 bit-flipped or have header bytes overwritten. ``HYPOTHESIS_PROFILE=long`` runs 2,000 examples per target instead
-of 40; ``ALZMRI_FUZZ_COUNTS=FILE`` writes the counts (tried, decoded, clean errors) as JSON.
+of 100; ``ALZMRI_FUZZ_COUNTS=FILE`` writes the counts (tried, decoded, clean errors) as JSON.
 """
 
 from __future__ import annotations
