@@ -10,6 +10,7 @@ SimpleITK would also assemble series, but as a 60 MB wheel that hides the per-fi
 from __future__ import annotations
 
 import re
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def dicom_files(folder: Path) -> list[Path]:
 
 # pydicom parses a header element only when it is used: a damaged value raises one of these there and then
 _HEADER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OverflowError,
-                  ZeroDivisionError)
+                  ZeroDivisionError, struct.error)
 
 
 def _why(exc: BaseException) -> str:
