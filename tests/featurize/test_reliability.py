@@ -1,4 +1,4 @@
-"""Faults: kill -9 mid-run, concurrent writers, disk full, odd image files and paths."""
+"""Faults: kill -9 mid-run, the cache lock, odd image files and paths (real EFBIG and more kill points: tests/reliability)."""
 
 from __future__ import annotations
 
