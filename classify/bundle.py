@@ -144,6 +144,51 @@ def list_bundles(dataset_id: str, artifacts: str | os.PathLike[str] | None = Non
     return sorted(p for p in folder.glob("*.joblib") if sig_path(p).is_file()) if folder.is_dir() else []
 
 
+def staged_path(path: str | os.PathLike[str]) -> Path:
+    """Where a bundle waits for its report row before ``commit_bundle``: a hidden, per-process name beside
+    ``path`` that is never listed or loaded. So a crash before the row is written leaves no bundle without one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.staged-{os.getpid()}")
+
+
+def commit_bundle(staged: Path, path: str | os.PathLike[str]) -> Path:
+    """Move a staged bundle and its signature into place. The signature goes first: a crash between the two
+    renames pairs the old model with the new signature, which is refused, never trusted."""
+    path = Path(path)
+    os.replace(sig_path(staged), sig_path(path))
+    os.replace(staged, path)
+    return path
+
+
+def discard_staged(staged: Path) -> None:
+    """Delete a staged bundle and its signature (its report row was never written)."""
+    for p in (staged, sig_path(staged)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def remove_dead_staged(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staged bundles of processes that are gone (killed before their report row); returns them."""
+    gone = []
+    for p in Path(folder).glob(".*.joblib.staged-*") if Path(folder).is_dir() else []:
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        discard_staged(p)
+        gone.append(p)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sig_path(path: str | os.PathLike[str]) -> Path:
     """The signature sidecar of a bundle."""
     return Path(f"{path}.sig")
@@ -174,9 +219,10 @@ def signing_key(create: bool = False) -> bytes:
     return key
 
 
-def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle) -> Path:
+def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle, *, name: str | None = None) -> Path:
     """Write ``bundle`` (joblib) and its signature sidecar, each atomically: model first, signature last, so a
-    crash in between leaves a model whose old signature no longer matches (refused, never trusted)."""
+    crash in between leaves a model whose old signature no longer matches (refused, never trusted). ``name`` is
+    the file name the signature records, when ``path`` is a staged copy (see ``staged_path``)."""
     import sklearn
 
     path = Path(path)
@@ -189,10 +235,49 @@ def save_bundle(path: str | os.PathLike[str], bundle: ModelBundle) -> Path:
     data = buf.getvalue()
     key = signing_key(create=True)
     sig = {"hmac": hmac.new(key, data, hashlib.sha256).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
-           "created": bundle.created, "algorithm": "HMAC-SHA256", "file": path.name}
+           "created": bundle.created, "algorithm": "HMAC-SHA256", "file": name or path.name}
     write_bytes_durably(path, data)
     write_bytes_durably(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
     return path
+
+
+def sign_files(path: str | os.PathLike[str], *also: str | os.PathLike[str]) -> Path:
+    """Sign a model file that is not a bundle (a ``.keras`` baseline) together with its sidecars, in ``<path>.sig``
+    (written last and atomically: a crash before it leaves the old signature, which no longer matches)."""
+    path = Path(path)
+    data = b"".join(_framed(p) for p in (path, *also))
+    sig = {"hmac": hmac.new(signing_key(create=True), data, hashlib.sha256).hexdigest(), "algorithm": "HMAC-SHA256",
+           "file": path.name, "also": [Path(p).name for p in also], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_bytes_durably(sig_path(path), (json.dumps(sig, indent=1) + "\n").encode())
+    return sig_path(path)
+
+
+def verified_bytes(path: str | os.PathLike[str], *also: str | os.PathLike[str], retrain: str) -> list[bytes]:
+    """The bytes of ``path`` and its sidecars, once their signature (``sign_files``) verifies; AlzmriError (one
+    line, ``retrain`` says how to re-create them) for a missing, malformed or mismatching signature."""
+    path = Path(path)
+    risk = f"loading an unsigned model file could run arbitrary code, so alzmri refuses it; {retrain}"
+    sp = sig_path(path)
+    if not sp.is_file():
+        raise AlzmriError(f"{path}: no signature file {sp.name}; {risk}")
+    try:
+        expected = str(json.loads(sp.read_text())["hmac"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AlzmriError(f"{sp}: malformed signature; {risk}") from None
+    try:
+        blobs = [Path(p).read_bytes() for p in (path, *also)]
+    except OSError as exc:
+        raise AlzmriError(f"{exc.filename}: cannot read it ({exc.strerror}); {retrain}") from None
+    data = b"".join(len(b).to_bytes(8, "big") + b for b in blobs)
+    if not hmac.compare_digest(hmac.new(signing_key(create=False), data, hashlib.sha256).hexdigest(), expected):
+        raise AlzmriError(f"{path}: signature does not match (file or sidecar changed, or signed with another user's "
+                          f"key than {key_file()}); {risk}")
+    return blobs
+
+
+def _framed(path: str | os.PathLike[str]) -> bytes:
+    data = Path(path).read_bytes()
+    return len(data).to_bytes(8, "big") + data  # length-prefixed: bytes cannot move between the files
 
 
 def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:

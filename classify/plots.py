@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from featurize.atomic import atomic_path
+from featurize.errors import CacheError
 from featurize.naming import slug
 
 PROTOCOL_HATCH = {"official": "", "subject-cv": "//", "slice-cv": ".."}
@@ -25,9 +26,13 @@ HEAD_ORDER = ("logreg", "svm", "mlp")
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        FigureCanvasAgg(fig)
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    try:
+        with atomic_path(path) as tmp:
+            FigureCanvasAgg(fig)
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    except OSError as exc:  # models and report rows are written before any plot
+        raise CacheError(f"{path}: cannot write the plot ({exc.strerror or exc}); free disk space and run "
+                         "`alzmri report` to redraw it (models and report rows are saved)") from None
     return path
 
 

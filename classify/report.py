@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.atomic import atomic_path
-from featurize.errors import AlzmriError
+from featurize.errors import AlzmriError, CacheError
 from featurize.options import choose
 
 if TYPE_CHECKING:
@@ -120,8 +120,12 @@ def upsert_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> pd.
         df = pd.concat(frames, ignore_index=True) if frames else new
         df = df.drop_duplicates(subset=list(KEY), keep="last").reset_index(drop=True)
         df = _ordered(df)
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
+        try:
+            with atomic_path(path) as tmp:
+                df.to_csv(tmp, index=False)
+        except OSError as exc:
+            raise CacheError(f"{path}: cannot write the report ({exc.strerror or exc}); free disk space and rerun: "
+                             "the report is unchanged") from None
     return df
 
 

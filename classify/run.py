@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from classify.bundle import bundle_for, save_bundle
+from classify.bundle import bundle_for, commit_bundle, discard_staged, remove_dead_staged, save_bundle, staged_path
 from classify.evaluate import SELECTION, evaluate
 from classify.heads import head_names
 from classify.plots import confusion_from_row, confusion_name, summary_png
@@ -17,7 +17,7 @@ from classify.reliability import reliability_from_row, reliability_name
 from classify.report import format_report, head_row, read_report, upsert_rows
 from classify.tasks import apply_label_map
 from featurize.cluster import on_cluster
-from featurize.config import dataset_dir, features_dir, report_path
+from featurize.config import dataset_dir, features_dir, models_dir, report_path
 from featurize.errors import AlzmriError, CacheError
 from featurize.options import at_least
 
@@ -126,6 +126,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
 
     caches = select_caches(data_root, backbone, artifacts=artifacts, layers=layers)
     ds_id = dataset_id(data_root)
+    for p in remove_dead_staged(models_dir(ds_id, artifacts)):
+        log(f"{p}: a bundle an interrupted classify saved before its report row; deleted")
     rows: list[dict[str, Any]] = []
     bundles: list[Path] = []
     plots: list[Path] = []
@@ -143,9 +145,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
                 path, bundle = bundle_for(fs, res, task=task_name, selection=SELECTION, artifacts=artifacts)
-                bundles.append(save_bundle(path, bundle))
                 row = head_row(fs, res, task=task_name, model_path=path)
-                upsert_rows(report_path(artifacts), [row])  # row by row: an interrupted run keeps what finished
+                bundles.append(_save_with_row(path, bundle, row, report_path(artifacts)))
                 rows.append(row)
                 plot_row = dict(row, confusion=row["subject_confusion"]) if by_subject and row["subject_confusion"] else row
                 png = confusion_from_row(plots_dir(ds_id, artifacts) / confusion_name(row), plot_row)
@@ -157,6 +158,24 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     df = pd.DataFrame(rows)
     df.attrs.update(warnings=said, bundles=bundles, plots=plots)
     return df
+
+
+def _save_with_row(path: Path, bundle: Any, row: dict[str, Any], report: Path) -> Path:
+    """Save a bundle and upsert its report row so that no bundle is ever in place without its row: the bundle
+    is staged (hidden, signed), the row written, then the bundle renamed into place. Row by row, so an
+    interrupted run keeps what finished. A full disk is one line (exit 4), and the old bundle and row stay."""
+    staged = staged_path(path)
+    try:
+        try:
+            save_bundle(staged, bundle, name=path.name)
+            upsert_rows(report, [row])
+        except BaseException:
+            discard_staged(staged)
+            raise
+        return commit_bundle(staged, path)
+    except OSError as exc:
+        raise CacheError(f"{path.parent}: cannot write the model or report.csv ({exc.strerror or exc}); free disk "
+                         "space and rerun: the previous models and report rows are intact") from None
 
 
 def report_command(artifacts: str | os.PathLike[str] | None = None, *, fmt: str = "table") -> str:

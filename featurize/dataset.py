@@ -101,9 +101,11 @@ def _scan_folders(root: Path) -> tuple[str, list[dict[str, str]], list[str], lis
 def _scan_manifest(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
     """Rows of a ``path,label[,split,subject]`` CSV; paths are relative to the CSV's folder. Missing files are problems."""
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for a broken CSV
-        raise DataError(f"{csv_path}: cannot read the manifest ({exc}); it must be a CSV with columns path,label[,split,subject]") from exc
+        # utf-8-sig: a BOM (Excel writes one) would otherwise stick to the first column's name
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=True)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types for a broken CSV
+        why = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise DataError(f"{csv_path}: cannot read the manifest ({why}); it must be a CSV with columns path,label[,split,subject]") from None
     df.columns = [c.strip().lower() for c in df.columns]
     missing = [c for c in ("path", "label") if c not in df.columns]
     if missing:
@@ -111,12 +113,15 @@ def _scan_manifest(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
     base = csv_path.parent
     rows: list[dict[str, str]] = []
     problems: list[str] = []
+    seen: dict[str, int] = {}
     for i, rec in enumerate(df.to_dict("records"), start=2):
         rel = rec["path"].strip()
         label = rec["label"].strip()
         if not rel or not label:
             problems.append(f"{csv_path}:{i}: empty path or label, row skipped")
             continue
+        if "\\" in rel and not (base / rel).exists():  # a manifest written on Windows
+            rel = rel.replace("\\", "/")
         p = Path(rel) if Path(rel).is_absolute() else base / rel
         if not (p.is_file() or p.is_symlink()):
             problems.append(f"{p}: listed in {csv_path.name} line {i} but missing, row skipped")
@@ -124,6 +129,11 @@ def _scan_manifest(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
         split = rec.get("split", "").strip().lower()
         if split not in ("", "train", "test"):
             raise DataError(f"{csv_path}:{i}: split must be train, test or empty, not {split!r}")
+        key = os.path.normpath(str(p))
+        if key in seen:
+            problems.append(f"{csv_path}:{i}: {rel} is listed again (first at line {seen[key]}), row skipped")
+            continue
+        seen[key] = i
         rows.append({"abspath": str(p), "path": rel.replace(os.sep, "/"), "label": label,
                      "split": split, "subject": rec.get("subject", "").strip()})
     return rows, problems

@@ -7,11 +7,13 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from featurize.errors import DataError
+
 RESIZE_MODES = ("stretch", "pad")
 
 
-class ImageError(Exception):
-    """A file that cannot be turned into an image; ``str()`` is the reason."""
+class ImageError(DataError):
+    """A file that cannot be turned into an image; ``str()`` is the reason (featurize skips and lists the file)."""
 
 
 def _to_8bit_gray(im: Image.Image) -> Image.Image:

@@ -151,8 +151,9 @@ class _Target:
         self.journal_scope = ""
         self.migrated = False
 
-    def open(self, log: Log) -> None:
-        """Index the old cache and any journal of an interrupted run that match these settings."""
+    def open(self, log: Log, seed: int = 0) -> None:
+        """Index the old cache and any journal of an interrupted run that match these settings (and, for random-init
+        weights, this seed: the checksum is only seen when the model is built, which a fully cached rerun skips)."""
         cache, settings = self.cache, self.settings
         if cache.exists():
             try:
@@ -161,6 +162,8 @@ class _Target:
                     log(f"{cache}: made by another version or incomplete; rebuilding it")
                 elif not _same(attrs, settings, _NO_SHA):
                     log(f"{cache}: made with other settings; rebuilding it")
+                elif settings["weights"] == "random-init" and int(attrs.get("seed", 0) or 0) != seed:
+                    log(f"{cache}: made with random-init seed {attrs.get('seed', 0)}, not {seed} (other weights); recomputing all")
                 else:
                     self.src.add_old(cache, attrs)
             except (CacheError, OSError, KeyError) as exc:
@@ -171,7 +174,7 @@ class _Target:
                 if _same(marker, settings, _NO_SHA):
                     self.journal_sha = marker.get("weights_sha256", "")
                     self.journal_scope = marker.get("weights_sha256_scope", "")
-                    parts = store.read_parts(self.journal)
+                    parts = store.read_parts(self.journal, log=log)
                     for part in parts:
                         self.src.add_part(part)
                     if parts:
@@ -297,7 +300,7 @@ def featurize_layers(
     with contextlib.ExitStack() as stack:
         for t in targets:
             stack.enter_context(store.locked(t.cache))
-            t.open(log)
+            t.open(log, seed)
         todo = pending()
         n_computed, rate = 0, 0.0
         if todo:

@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -136,8 +137,10 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
     yields float32 blocks in row order; ``failed`` lists (path, sha1, reason) of unreadable files.
     """
     n = len(rows["path"])
+    remove_stale_temps(Path(path))
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        _reserve(tmp, _size_bound(n, dim, rows, failed))
+        with h5py.File(tmp, "r+") as f:
             feats = f.create_dataset("features", shape=(n, dim), dtype="float32",
                                      chunks=(max(1, min(n, 1024)), dim) if n else None, maxshape=(None, dim))
             start = 0
@@ -155,6 +158,36 @@ def write_cache(path: str | os.PathLike[str], attrs: dict[str, Any], rows: dict[
                         fingerprint=fingerprint(attrs, rows["path"], rows["sha1"]))
             for k, v in meta.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _size_bound(n: int, dim: int, rows: dict[str, np.ndarray], failed: list[tuple[str, str, str]]) -> int:
+    """An upper bound of a cache's bytes: whole feature chunks, every string with heap overhead, 1 MiB metadata."""
+    chunk = max(1, min(n, 1024))
+    feats = -(-n // chunk) * chunk * dim * 4 if n else 0
+    texts = sum(len(str(v).encode()) + 48 for k in ("path", "label", "split", "subject", "sha1") for v in rows[k])
+    texts += sum(len(str(v).encode()) + 48 for r in failed for v in r)
+    return feats + 2 * texts + (1 << 20)
+
+
+def _reserve(tmp: Path, nbytes: int) -> None:
+    """Make ``tmp`` an empty HDF5 file with ``nbytes`` reserved behind it, so that a full disk (ENOSPC, or EFBIG
+    under a file-size limit) is a clean OSError here. HDF5 itself must never meet one: h5py turns a failed write
+    into a RuntimeError at close and then crashes the interpreter (seen as SIGSEGV). HDF5 allocates from its end
+    of data, inside the reserved bytes, and cuts the file to its real size on close."""
+    with open(tmp, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, nbytes)  # fail before HDF5 writes a byte
+    with h5py.File(tmp, "w"):  # the superblock (truncating frees the probe's bytes just before)
+        pass
+    with open(tmp, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, nbytes)
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Delete the temp files that writers of ``final`` killed with -9 left behind (``atomic_path`` names them
+    ``.<name>.tmp-<pid>``). Only called under the cache's lock, so no live writer owns one."""
+    for p in final.parent.glob(f".{final.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def save(path: str | os.PathLike[str], fs: FeatureSet) -> None:
@@ -211,6 +244,9 @@ def open_journal(cache: Path, settings: dict[str, Any], *, adopt: bool = False) 
         d.mkdir(parents=True)
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps(wanted, sort_keys=True))
+    for p in d.glob(".*.tmp-*"):  # parts half-written by a run killed with -9 (we hold the cache's lock)
+        with contextlib.suppress(OSError):
+            p.unlink()
     return d
 
 
@@ -229,15 +265,24 @@ def write_part(journal: Path, part: Part) -> Path:
     return final
 
 
-def read_parts(journal: Path) -> list[Part]:
-    """Every intact part of a journal (a damaged one is skipped: its rows are simply recomputed)."""
+def read_parts(journal: Path, *, log: Callable[[str], None] = lambda s: None) -> list[Part]:
+    """Every intact part of a journal. A damaged one (truncated, bit-flipped: the zip CRC catches it) is deleted
+    with one line, and its rows are simply recomputed."""
     out = []
     for p in sorted(journal.glob("part-*.npz")):
         try:
             with np.load(p, allow_pickle=False) as z:
-                out.append(Part(**{k: z[k] for k in ("path", "sha1", "features", "failed_path", "failed_sha1", "failed_reason")}))
-        except (OSError, ValueError, KeyError, EOFError):
+                part = Part(**{k: z[k] for k in ("path", "sha1", "features", "failed_path", "failed_sha1", "failed_reason")})
+            if part.features.ndim != 2 or len(part.features) != len(part.path) or len(part.path) != len(part.sha1) \
+                    or not (len(part.failed_path) == len(part.failed_sha1) == len(part.failed_reason)):
+                raise ValueError("arrays of unequal length")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            log(f"{p}: damaged journal part ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}); "
+                "deleted, its images are recomputed")
+            with contextlib.suppress(OSError):
+                p.unlink()
             continue
+        out.append(part)
     return out
 
 

@@ -246,6 +246,7 @@ def read_subjects_csv(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise DataError(f"{path}: subjects file not found; rerun with --subjects infer to create it") from None
     except (OSError, ValueError) as exc:
+        exc = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)  # one line
         raise DataError(f"{path}: cannot read the subjects file ({exc}); "
                         "delete it and rerun with --subjects infer") from None
     missing = [c for c in ("path", "subject") if c not in df.columns]

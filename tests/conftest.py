@@ -17,6 +17,25 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alzheim
 CLASSES = ("NonDemented", "MildDemented")
 
 
+def _gpu_host() -> bool:
+    from featurize.modelcard import gpu_possible  # no TF import: /proc and /dev only
+
+    return gpu_possible()
+
+
+def _have_onnx() -> bool:
+    import importlib.util
+
+    return bool(importlib.util.find_spec("onnxruntime") or importlib.util.find_spec("openvino")) \
+        and bool(importlib.util.find_spec("tf2onnx"))
+
+
+# expectations that hold only on a CPU-only machine (mixed precision means bfloat16 there, and --engine auto an
+# ONNX runtime); and tests of the optional onnx extra: both skip elsewhere instead of failing
+cpu_only = pytest.mark.skipif(_gpu_host(), reason="expectations are for a CPU-only machine")
+needs_onnx = pytest.mark.skipif(not _have_onnx(), reason="onnx extra not installed (pip install 'alzmri[onnx]')")
+
+
 def write_images(root: Path, layout: str = "kaggle", n_per_class: int = 5, size: tuple[int, int] = (44, 52), seed: int = 0) -> list[Path]:
     """Write small random grayscale PNGs in the Kaggle (``kaggle``) or flat (``folders``) layout."""
     rng = np.random.default_rng(seed)
@@ -61,11 +80,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_signing_key(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Never touch the user's real model-signing key, the repo's artifacts folder or matplotlib's config from tests
+    """Never touch the user's real model-signing key, the repo's artifacts folder, Keras's or matplotlib's config from tests
     (a test that wants its own artifacts folder takes the ``artifacts`` fixture)."""
     os.environ["ALZMRI_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "signing.key")
     os.environ["ALZMRI_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
     os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("mplconfig"))
+    # Keras writes keras.json (and downloads) under KERAS_HOME; no test needs real ImageNet weights
+    os.environ["KERAS_HOME"] = str(tmp_path_factory.mktemp("keras_home"))
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,7 @@ class Checkpoint:
         """Save this epoch's weights (with the optimizer state), move the pointer, drop folders no longer pointed at."""
         name = f"e{int(state['epoch']):04d}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp, final = self.dir / f"{name}.tmp", self.dir / name
+        tmp, final = self.dir / f"{name}.tmp-{os.getpid()}", self.dir / name  # per process (baseline also locks)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         model.save_weights(str(tmp / "model.weights.h5"))  # a compiled model's file holds the optimizer state too

@@ -14,17 +14,28 @@ from featurize.errors import AlzmriError
 
 def load_baseline(model_path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     """Load a baseline model and its JSON sidecar (class names, size, channels, resize) for prediction."""
+    import tempfile
+
+    from classify.bundle import verified_bytes
+
     path = Path(model_path)
     side = path.with_suffix(".json")
     if not path.is_file():
         raise AlzmriError(f"{path}: no such model; train one with `alzmri baseline`")
+    if not side.is_file():
+        raise AlzmriError(f"{side}: missing sidecar; retrain with `alzmri baseline`")
+    # signed like the bundles: Keras's safe_mode has had bypasses, so only this user's own files are opened
+    model_bytes, side_bytes = verified_bytes(path, side, retrain="retrain it with `alzmri baseline`")
     try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise AlzmriError(f"{side}: missing or unreadable sidecar ({exc}); retrain with `alzmri baseline`") from None
+        meta = json.loads(side_bytes)
+    except ValueError as exc:
+        raise AlzmriError(f"{side}: unreadable sidecar ({exc}); retrain with `alzmri baseline`") from None
     from classify.cnn.keras_objects import keras  # registers alzmri>BackbonePreprocess for loading
 
-    return keras.models.load_model(str(path), compile=False, safe_mode=True), meta  # safe_mode: no Lambda code
+    with tempfile.TemporaryDirectory(prefix="alzmri-keras-") as d:  # load the very bytes that were verified
+        copy = Path(d) / path.name
+        copy.write_bytes(model_bytes)
+        return keras.models.load_model(str(copy), compile=False, safe_mode=True), meta  # safe_mode: no Lambda code
 
 
 def predict_files(model_path: str | os.PathLike[str], paths: Sequence[str], *,

@@ -42,7 +42,7 @@ from classify.cnn.spec import (
     fmt_secs,
 )
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
-from featurize.atomic import atomic_path
+from featurize.atomic import atomic_path, exclusive
 from featurize.backbones import Backbone, get_backbone, weights_tag
 from featurize.config import dataset_dir, models_dir, report_path
 from featurize.errors import AlzmriError, DataError
@@ -294,97 +294,106 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
     t_start = time.perf_counter()
     cfg = replace(config, **options) if config is not None else BaselineConfig(**options)
     bb, wtag = _backbone(cfg)
-    prep = prepare(data, cfg, artifacts=artifacts, progress=progress, log=log)
-    for note in prep.notes:
-        log(f"note: {note}")
-    ds, img, class_names, folds = prep.ds, prep.images, prep.class_names, prep.folds
-    spec = cfg.net_spec(n_classes=len(class_names), backbone=bb, weights_tag=wtag)
-    sch = cfg.schedule
-    mdir = models_dir(ds.dataset_id, artifacts)
-    ckroot = mdir / f"{spec.name}.ckpt" / cfg.protocol
-    common = {"classes": class_names, "resize": cfg.resize, "protocol": cfg.protocol,
-              "files": digest(sorted(zip(prep.table["path"], prep.table["sha1"])))}
-    cv = cfg.protocol != "official"
+    # one model file per (dataset, model): a second run of it is refused, never mixed into the same checkpoint
+    from featurize.dataset import dataset_id
 
-    def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> FitOutcome:
-        return fit_network(spec, sch, img, train_idx=train_idx, ckpt_dir=ckroot / where if where else ckroot,
-                           run_settings={**common, "run": run}, label=label, log=log, progress=progress,
-                           callbacks=callbacks)
+    name = "scratch__end-to-end" if cfg.kind == "scratch" else f"{bb.name}__fine-tune"  # NetSpec.name
+    model_file = models_dir(dataset_id(data), artifacts) / f"{name}.keras"
+    with exclusive(model_file.with_name(f".{name}.lock"), what=f"{model_file} (alzmri baseline)"):
+        prep = prepare(data, cfg, artifacts=artifacts, progress=progress, log=log)
+        for note in prep.notes:
+            log(f"note: {note}")
+        ds, img, class_names, folds = prep.ds, prep.images, prep.class_names, prep.folds
+        spec = cfg.net_spec(n_classes=len(class_names), backbone=bb, weights_tag=wtag)
+        sch = cfg.schedule
+        mdir = models_dir(ds.dataset_id, artifacts)
+        ckroot = mdir / f"{spec.name}.ckpt" / cfg.protocol
+        common = {"classes": class_names, "resize": cfg.resize, "protocol": cfg.protocol,
+                  "files": digest(sorted(zip(prep.table["path"], prep.table["sha1"])))}
+        cv = cfg.protocol != "official"
 
-    fold_metrics, cms, scms, folds_out = [], [], [], []
-    fit_seconds, t_pred = 0.0, 0.0
-    for k, (tr, te) in enumerate(folds, start=1):
-        label = f"{spec.name} fold {k}/{len(folds)}" if cv else spec.name
-        f = fit(tr, f"fold{k}" if cv else "", f"fold{k}/{len(folds)}" if cv else "official", label)
-        t0 = time.perf_counter()
-        probs = _predict(f.model, img.X[te], sch.batch_size)
-        t_pred += time.perf_counter() - t0
-        m, cm, scm = compute_metrics(img.y[te], probs.argmax(axis=1), probs, class_names,
-                                     groups=None if img.groups is None else img.groups[te])
-        fold_metrics.append(m)
-        cms.append(cm)
-        scms.append(scm)
-        fit_seconds += f.train_seconds
-        folds_out.append({"fold": k, "n_train": len(tr), "n_test": len(te), "epochs": f.epochs_run, "best_epoch": f.best_epoch,
-                          "fit_seconds": f.train_seconds, "diverged_epoch": f.diverged_epoch, **m})
+        def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> FitOutcome:
+            return fit_network(spec, sch, img, train_idx=train_idx, ckpt_dir=ckroot / where if where else ckroot,
+                               run_settings={**common, "run": run}, label=label, log=log, progress=progress,
+                               callbacks=callbacks)
+
+        fold_metrics, cms, scms, folds_out = [], [], [], []
+        fit_seconds, t_pred = 0.0, 0.0
+        for k, (tr, te) in enumerate(folds, start=1):
+            label = f"{spec.name} fold {k}/{len(folds)}" if cv else spec.name
+            f = fit(tr, f"fold{k}" if cv else "", f"fold{k}/{len(folds)}" if cv else "official", label)
+            t0 = time.perf_counter()
+            probs = _predict(f.model, img.X[te], sch.batch_size)
+            t_pred += time.perf_counter() - t0
+            m, cm, scm = compute_metrics(img.y[te], probs.argmax(axis=1), probs, class_names,
+                                         groups=None if img.groups is None else img.groups[te])
+            fold_metrics.append(m)
+            cms.append(cm)
+            scms.append(scm)
+            fit_seconds += f.train_seconds
+            folds_out.append({"fold": k, "n_train": len(tr), "n_test": len(te), "epochs": f.epochs_run, "best_epoch": f.best_epoch,
+                              "fit_seconds": f.train_seconds, "diverged_epoch": f.diverged_epoch, **m})
+            if cv:
+                log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}")
+                del f
+            else:
+                final = f
+        metrics, std = aggregate(fold_metrics)
         if cv:
-            log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}")
-            del f
+            n_train, n_test = len(img), int(sum(len(b) for _, b in folds))  # as the heads report cv rows
+            log(f"{spec.name}: training the final model on all {len(img)} slices (for predict)")
+            final = fit(np.arange(len(img)), "final", "final", f"{spec.name} final")
+            fit_seconds += final.train_seconds
+            epochs_col: float | int = float(np.mean([f["epochs"] for f in folds_out]))
         else:
-            final = f
-    metrics, std = aggregate(fold_metrics)
-    if cv:
-        n_train, n_test = len(img), int(sum(len(b) for _, b in folds))  # as the heads report cv rows
-        log(f"{spec.name}: training the final model on all {len(img)} slices (for predict)")
-        final = fit(np.arange(len(img)), "final", "final", f"{spec.name} final")
-        fit_seconds += final.train_seconds
-        epochs_col: float | int = float(np.mean([f["epochs"] for f in folds_out]))
-    else:
-        std = {}
-        n_train, n_test = len(folds[0][0]), len(folds[0][1])
-        epochs_col = final.epochs_run
-    notes = list(prep.notes)
-    leakage = leaked(img.groups, folds)
-    if leakage:
-        notes.append(f"{cfg.protocol}: {leakage} test subjects also have slices in training: scores are optimistic (leakage)")
-        log(f"note: {notes[-1]}")
+            std = {}
+            n_train, n_test = len(folds[0][0]), len(folds[0][1])
+            epochs_col = final.epochs_run
+        notes = list(prep.notes)
+        leakage = leaked(img.groups, folds)
+        if leakage:
+            notes.append(f"{cfg.protocol}: {leakage} test subjects also have slices in training: scores are optimistic (leakage)")
+            log(f"note: {notes[-1]}")
 
-    model_path = mdir / f"{spec.name}.keras"
-    sidecar_path = model_path.with_suffix(".json")
-    _save_model(final.model, model_path)
-    _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
-                   split_note=prep.split_note, volumes=prep.volumes)
-    curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
+        model_path = mdir / f"{spec.name}.keras"
+        sidecar_path = model_path.with_suffix(".json")
+        _save_model(final.model, model_path)
+        _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
+                       split_note=prep.split_note, volumes=prep.volumes)
+        from classify.bundle import sign_files
 
-    size = f"{spec.size[0]}x{spec.size[1]}"
-    schedule = {"image_size": size, "resize": cfg.resize, "max_epochs": sch.epochs, "patience": sch.patience,
-                "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
-                **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr} if cfg.kind == "finetune" else {})}
-    # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
-    row = make_row(
-        dataset=ds.dataset_id, backbone=bb.name if bb else "scratch", weights=wtag, layers="", features="",
-        task="stages", head=spec.head, protocol=cfg.protocol, n_train=n_train, n_test=n_test, metrics=metrics,
-        std=std, n_splits=len(folds),
-        subjects_per_class=None if img.groups is None else subjects_per_class(img.y, img.groups, class_names),
-        leakage=leakage, best_params=schedule, selection=SELECTION, fit_seconds=fit_seconds, predict_seconds=t_pred,
-        epochs=epochs_col, class_names=class_names, confusion=np.sum(cms, axis=0),
-        subject_confusion=None if img.groups is None else np.sum(scms, axis=0), fingerprint=final.fingerprint,
-        model_path=model_path, image_size=size)
-    rpath = report_path(artifacts)
-    upsert_rows(rpath, [row])
-    try:  # the per-dataset summary plot of classify, now with this row
-        from classify.run import regenerate_summary
+        sign_files(model_path, sidecar_path)  # last: a crash before it leaves a signature that no longer matches
+        curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
 
-        regenerate_summary(artifacts, dataset=ds.dataset_id)
-    except Exception as exc:  # noqa: BLE001 - the plot is a convenience: never lose the trained model over it
-        log(f"warning: could not redraw the summary plot ({type(exc).__name__}: {str(exc)[:100]})")
-    log(f"{spec.name} ({cfg.protocol}): accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
-        f"{final.epochs_run} epoch(s) (best {final.best_epoch}), training {fmt_secs(fit_seconds)}; model {model_path}")
-    return BaselineResult(rows=[row], model_path=model_path, sidecar_path=sidecar_path, curve_path=curve_path, report=rpath,
-                          epochs_run=final.epochs_run, best_epoch=final.best_epoch, fit_seconds=fit_seconds,
-                          seconds=time.perf_counter() - t_start, failed=prep.failed, problems=list(ds.problems),
-                          diverged=final.diverged_epoch is not None, resumed_from=final.resumed_from,
-                          history=final.history, folds=folds_out, notes=notes)
+        size = f"{spec.size[0]}x{spec.size[1]}"
+        schedule = {"image_size": size, "resize": cfg.resize, "max_epochs": sch.epochs, "patience": sch.patience,
+                    "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
+                    **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr} if cfg.kind == "finetune" else {})}
+        # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
+        row = make_row(
+            dataset=ds.dataset_id, backbone=bb.name if bb else "scratch", weights=wtag, layers="", features="",
+            task="stages", head=spec.head, protocol=cfg.protocol, n_train=n_train, n_test=n_test, metrics=metrics,
+            std=std, n_splits=len(folds),
+            subjects_per_class=None if img.groups is None else subjects_per_class(img.y, img.groups, class_names),
+            leakage=leakage, best_params=schedule, selection=SELECTION, fit_seconds=fit_seconds, predict_seconds=t_pred,
+            epochs=epochs_col, class_names=class_names, confusion=np.sum(cms, axis=0),
+            subject_confusion=None if img.groups is None else np.sum(scms, axis=0), fingerprint=final.fingerprint,
+            model_path=model_path, image_size=size)
+        rpath = report_path(artifacts)
+        upsert_rows(rpath, [row])
+        try:  # the per-dataset summary plot of classify, now with this row
+            from classify.run import regenerate_summary
+
+            regenerate_summary(artifacts, dataset=ds.dataset_id)
+        except Exception as exc:  # noqa: BLE001 - the plot is a convenience: never lose the trained model over it
+            log(f"warning: could not redraw the summary plot ({type(exc).__name__}: {str(exc)[:100]})")
+        log(f"{spec.name} ({cfg.protocol}): accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+            f"{final.epochs_run} epoch(s) (best {final.best_epoch}), training {fmt_secs(fit_seconds)}; model {model_path}")
+        return BaselineResult(rows=[row], model_path=model_path, sidecar_path=sidecar_path, curve_path=curve_path, report=rpath,
+                              epochs_run=final.epochs_run, best_epoch=final.best_epoch, fit_seconds=fit_seconds,
+                              seconds=time.perf_counter() - t_start, failed=prep.failed, problems=list(ds.problems),
+                              diverged=final.diverged_epoch is not None, resumed_from=final.resumed_from,
+                              history=final.history, folds=folds_out, notes=notes)
 
 
 def _predict(model: Any, X: np.ndarray, batch_size: int) -> np.ndarray:

@@ -10,6 +10,7 @@ SimpleITK would also assemble series, but as a 60 MB wheel that hides the per-fi
 from __future__ import annotations
 
 import re
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,15 @@ def dicom_files(folder: Path) -> list[Path]:
     return out
 
 
+# pydicom parses a header element only when it is used: a damaged value raises one of these there and then
+_HEADER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OverflowError,
+                  ZeroDivisionError, struct.error)
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120] or type(exc).__name__
+
+
 def _is_image(ds) -> bool:  # noqa: ANN001 - pydicom Dataset
     return "Rows" in ds and "Columns" in ds
 
@@ -126,7 +136,7 @@ def _judge(s: Series, series_regex: re.Pattern | None) -> str:
 def list_series(folder: str | Path, *, series: str | None = None) -> tuple[list[Series], list[str]]:
     """Every series under ``folder`` from headers only, each judged; plus notes on files that are not images."""
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     folder = Path(folder)
     try:
@@ -139,31 +149,49 @@ def list_series(folder: str | Path, *, series: str | None = None) -> tuple[list[
     for f in dicom_files(folder):
         try:
             ds = dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        except (InvalidDicomError, BytesLengthException, OSError, EOFError, *_HEADER_ERRORS) as exc:
             reason = " ".join(str(exc).split()).split(". ")[0][:120] or type(exc).__name__
             notes.append(f"{f}: not a readable DICOM file ({reason}), skipped")
             continue
-        if not _is_image(ds):
-            non_image[_sop_name(ds)].append(f.name)
+        try:
+            if not _is_image(ds):
+                non_image[_sop_name(ds)].append(f.name)
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID in {f.parent.name})"
+        except _HEADER_ERRORS as exc:
+            notes.append(f"{f}: damaged DICOM header ({_why(exc)}), skipped")
             continue
-        uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID in {f.parent.name})"
         groups.setdefault(uid, Series(uid=uid, folder=folder))
         groups[uid].files.append(f)
         groups[uid].headers.append(ds)
     for kind, names in sorted(non_image.items()):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         notes.append(f"{folder}: {len(names)} file(s) are {kind} (not images), skipped: {shown}")
-    out = sorted(groups.values(), key=lambda s: (int(s.headers[0].get("SeriesNumber", 0) or 0), s.uid))
+    out = sorted(groups.values(), key=lambda s: (_series_number(s), s.uid))
     for s in out:
-        s.skip = _judge(s, regex)
+        try:
+            s.skip = _judge(s, regex)
+        except _HEADER_ERRORS as exc:
+            s.skip = f"has a damaged header ({_why(exc)}); skipped"
         if s.skip:
             notes.append(f"{s.label} ({len(s.files)} images): {s.skip}")
     return out, notes
 
 
+def _series_number(s: Series) -> int:
+    try:
+        return int(s.headers[0].get("SeriesNumber", 0) or 0)
+    except _HEADER_ERRORS:
+        return 0
+
+
 def _decode_error(path: Path, ds, exc: BaseException) -> DataError:  # noqa: ANN001
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is not None and getattr(ts, "is_compressed", False):
+    try:
+        compressed = ts is not None and bool(ts.is_compressed)
+    except _HEADER_ERRORS:  # not even a transfer syntax
+        compressed = False
+    if compressed:
         plugin = _PLUGINS.get(str(ts), "python-gdcm")
         return DataError(f"{path}: pixel data are compressed as {ts.name} and no installed decoder reads them; "
                          f"pip install {plugin}")
@@ -181,7 +209,18 @@ def _positions(s: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def read_series(s: Series) -> Volume:
-    """Read a judged series into a Volume (LPS positions turned into a RAS affine). Gaps are filled and noted."""
+    """Read a judged series into a Volume (LPS positions turned into a RAS affine). Gaps are filled and noted.
+
+    A damaged header value (found only when it is used) is a one-line DataError naming the series."""
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _read_series(s)
+    except (BytesLengthException, *_HEADER_ERRORS) as exc:
+        raise DataError(f"{s.label}: damaged DICOM header or pixel data ({_why(exc)}); re-export the series") from None
+
+
+def _read_series(s: Series) -> Volume:
     from pydicom import dcmread
 
     notes: list[str] = []
@@ -206,8 +245,12 @@ def read_series(s: Series) -> Volume:
     steps = np.diff(z)
     step = float(np.median(steps))
     # Each kept file lands on a regular grid; a missing slice leaves an empty grid index between two files.
+    if not np.isfinite(z).all() or not step > 0:
+        raise DataError(f"{s.label}: slice positions are not finite or do not advance; the headers are damaged")
     grid = np.rint((z - z[0]) / step).astype(int)
     n = int(grid[-1]) + 1
+    if n > 4 * len(kept) + 8:  # a lone far-away position would mean gigabytes of interpolated slices
+        raise DataError(f"{s.label}: slice positions span {n} slices for {len(kept)} files; the headers are damaged")
     for a, b in zip(kept[:-1], kept[1:]):
         missing = int(round((pos[b] - pos[a]) / step)) - 1
         if (pos[b] - pos[a]) > _GAP_FACTOR * step and missing > 0:

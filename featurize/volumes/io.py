@@ -156,7 +156,8 @@ def read_nibabel(path: str | os.PathLike[str], *, volume_index: int | None = Non
     notes: list[str] = []
     try:
         img = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, nib.spatialimages.HeaderTypeError,
+            ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a damaged header: HeaderDataError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: not a readable NIfTI/Analyze/MGH volume ({reason}); check the file is complete") from None
     shape = _squeeze_shape(img.shape)
@@ -188,13 +189,17 @@ def read_nibabel(path: str | os.PathLike[str], *, volume_index: int | None = Non
         else:
             data = np.asanyarray(proxy)[slicer]
             slope, inter = 1.0, 0.0
-    except (ValueError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except (nib.spatialimages.HeaderDataError, ValueError, OverflowError, OSError, EOFError, zlib.error,
+            gzip.BadGzipFile) as exc:  # OverflowError: a header whose sizes make a negative mmap length
         raise _read_error(name, exc) from None
     if not np.isfinite(slope) or slope == 0:
         slope = 1.0
     if not np.isfinite(inter):
         inter = 0.0
-    data = np.asarray(data).reshape(shape[:3], order="A")
+    try:
+        data = np.asarray(data).reshape(shape[:3], order="A")
+    except ValueError as exc:  # a header whose dimensions hold a zero or do not fit the data
+        raise _read_error(name, exc) from None
     if data.dtype.kind == "c":
         raise DataError(f"{path}: holds complex values; export a magnitude image")
     if data.dtype.kind not in "uifb":

@@ -14,6 +14,7 @@ from classify.run import classify_dataset
 from featurize.errors import DataError, WeightsError
 from featurize.run import featurize_dataset
 from featurize.synth import write_dataset
+from tests.conftest import cpu_only, needs_onnx
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -72,6 +73,7 @@ def test_predict_lists_unreadable_files_and_rejects_missing_inputs(trained: tupl
         expand_inputs([tmp_path / "missing.png"])
 
 
+@cpu_only
 def test_predict_rebuilds_a_mixed_precision_backbone_like_its_cache(tmp_path: Path) -> None:
     data, art = tmp_path / "data", tmp_path / "artifacts"
     write_dataset(data, subjects_per_class=3, slices_per_subject=2, size=(64, 76), seed=4)
@@ -89,6 +91,7 @@ def test_predict_rebuilds_a_mixed_precision_backbone_like_its_cache(tmp_path: Pa
     np.testing.assert_allclose(table[[f"p_{c}" for c in bundle.class_names]].to_numpy(), expected, atol=2e-3)
 
 
+@needs_onnx
 def test_predict_uses_the_model_card_and_export_without_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import featurize.backbones
     import featurize.modelcard

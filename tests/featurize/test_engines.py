@@ -13,6 +13,7 @@ from featurize import engines
 from featurize.backbones import build_base, feature_model, get_backbone
 from featurize.errors import AlzmriError
 from featurize.pipeline import make_forward
+from tests.conftest import cpu_only
 from tests.helpers import assert_same_features
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -96,6 +97,7 @@ def test_light_networks_use_small_runtime_batches(net: tuple[object, object]) ->
 
 
 @needs_onnx
+@cpu_only
 def test_auto_uses_an_onnx_runtime_on_cpu(net: tuple[object, object], images: np.ndarray, reference: np.ndarray,
                                           tmp_path: Path) -> None:
     fwd, used = engines.make_engine(*net, BATCH, engine="auto", cache_dir=tmp_path, key="k")

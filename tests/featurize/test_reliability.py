@@ -1,10 +1,8 @@
-"""Faults: kill -9 mid-run, concurrent writers, disk full, odd image files and paths."""
+"""Faults: kill -9 mid-run, the cache lock, odd image files and paths (real EFBIG and more kill points: tests/reliability)."""
 
 from __future__ import annotations
 
-import errno
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,12 +23,13 @@ FAST = dict(backbone="mobilenetv2", weights="none", image_size="32x32", subjects
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _child(data: Path, artifacts: Path) -> subprocess.Popen[bytes]:
+def _child(data: Path, artifacts: Path, stderr: Path) -> subprocess.Popen[bytes]:
     code = ("import sys; from featurize.run import featurize_dataset; "
             "featurize_dataset(sys.argv[1], backbone='mobilenetv2', weights='none', image_size='96x96', subjects='none', "
             "progress=False, batch_size=4, part_rows=8, artifacts=sys.argv[2], engine='tf')")
-    return subprocess.Popen([sys.executable, "-c", code, str(data), str(artifacts)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(stderr, "wb") as fh:  # a child that fails early explains itself
+        return subprocess.Popen([sys.executable, "-c", code, str(data), str(artifacts)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=fh)
 
 
 @pytest.mark.tf
@@ -39,18 +38,20 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_images(data, "kaggle", n_per_class=50)  # 200 images
     killed_art = tmp_path / "killed"
-    proc = _child(data, killed_art)
-    deadline = time.time() + 120
+    proc = _child(data, killed_art, tmp_path / "stderr.txt")
     journal = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(killed_art.glob("features/*/*.parts/part-*.npz"))
-        if len(found) >= 2:
-            journal = found[0].parent
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert journal is not None, "the child finished or failed before it could be killed"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            found = list(killed_art.glob("features/*/*.parts/part-*.npz"))
+            if len(found) >= 2:
+                journal = found[0].parent
+                break
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # SIGKILL; safe after the child exited (Popen knows it was reaped)
+        proc.wait()
+    assert journal is not None, "the child finished or failed before it could be killed: " + (tmp_path / "stderr.txt").read_text()[-2000:]
     cache = journal.with_name(journal.name[: -len(".parts")])
     assert not cache.exists()  # the cache is only ever written whole
     res = frun.featurize_dataset(data, **{**FAST, "image_size": "96x96"}, batch_size=4, artifacts=killed_art)
@@ -68,34 +69,6 @@ def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, a
         with pytest.raises(CacheError, match="another featurize"):
             frun.featurize_dataset(kaggle_root, **FAST)
     assert frun.featurize_dataset(kaggle_root, **FAST).n_computed == 20
-
-
-@pytest.mark.tf
-@pytest.mark.slow
-def test_disk_full_keeps_the_old_state_valid(kaggle_root: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = frun.featurize_dataset(kaggle_root, **FAST)
-    old = featurize.load(first.cache)
-    before = old.X.copy()
-    write_images(kaggle_root / "train", "folders", n_per_class=2, seed=5)  # 4 changed images to compute
-
-    def full(*a, **k):  # type: ignore[no-untyped-def]
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with monkeypatch.context() as m:
-        m.setattr(store.np, "savez", full)
-        with pytest.raises(CacheError, match="free disk space"):
-            frun.featurize_dataset(kaggle_root, **FAST)
-    np.testing.assert_array_equal(featurize.load(first.cache).X, before)
-    with monkeypatch.context() as m:
-        m.setattr(store.h5py, "File", full)
-        with pytest.raises(CacheError, match="free disk space"):
-            frun.featurize_dataset(kaggle_root, **FAST)
-    assert not list(first.cache.parent.glob(".*.tmp-*"))
-    np.testing.assert_array_equal(featurize.load(first.cache).X, before)
-    final = frun.featurize_dataset(kaggle_root, **FAST)
-    assert final.n_computed == 0  # the features computed before the failed write were journaled, not lost
-    fs = featurize.load(final.cache)
-    assert (fs.sha1 != old.sha1).sum() == 4 and not list(store.parts_dir(final.cache).glob("*"))
 
 
 @pytest.mark.parametrize("kind", ["png16", "rgba", "cmyk", "palette", "tiff", "tiny", "bmp"])

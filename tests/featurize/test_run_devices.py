@@ -14,6 +14,7 @@ import pytest
 import featurize
 from featurize import run as frun
 from featurize.errors import AlzmriError
+from tests.conftest import cpu_only
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -21,6 +22,7 @@ FAST = {"weights": "none", "image_size": "32x32", "subjects": "none", "progress"
 REPO = Path(__file__).resolve().parents[2]
 
 
+@cpu_only
 def test_mixed_precision_gets_its_own_cache_and_close_but_different_features(kaggle_root: Path, artifacts: Path) -> None:
     full = frun.featurize_dataset(kaggle_root, engine="tf", **FAST)
     logs: list[str] = []
@@ -69,6 +71,7 @@ print(json.dumps({{"replicas": replicas(make_strategy("mirrored")), "same_rows":
     assert got["err"] < 1e-5  # batch 3 over 2 replicas: padding and re-ordering are exercised
 
 
+@cpu_only
 def test_baseline_trains_mixed_and_mirrored_over_two_logical_cpus(kaggle_root: Path, tmp_path: Path) -> None:
     script = f"""
 import json, tensorflow as tf
