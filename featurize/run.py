@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from featurize import store
-from featurize.backbones import CHECKSUM_SCOPE, layers_tag, resolve_layers
+from featurize.backbones import layers_tag, resolve_layers
 from featurize.config import features_dir
 from featurize.dataset import Dataset, scan
 from featurize.errors import AlzmriError, CacheError
@@ -24,6 +24,7 @@ from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
 from featurize.progress import progress_bar
 from featurize.spec import FeatureSpec
+from featurize.target import CacheTarget, Sources
 from featurize.weights_catalog import WeightsChoice
 
 Log = Callable[[str], None]
@@ -81,140 +82,6 @@ def cache_path(data: str | os.PathLike[str], settings: dict[str, Any], artifacts
     from featurize.dataset import dataset_id
 
     return features_dir(dataset_id(data), artifacts) / store.cache_name(settings)
-
-
-def _same(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> bool:
-    return all(str(a.get(k)) == str(b.get(k)) for k in keys)
-
-
-_NO_SHA = tuple(k for k in store.SETTING_KEYS if k != "weights_sha256")
-
-
-class _Sources:
-    """Where each already-computed (path, sha1) lives: the old cache file or a journal part."""
-
-    def __init__(self) -> None:
-        self.index: dict[tuple[str, str], tuple[int, int]] = {}
-        self.failed: dict[tuple[str, str], str] = {}
-        self.parts: list[store.Part] = []
-        self.old: Path | None = None
-        self.old_attrs: dict[str, Any] = {}
-
-    def add_old(self, path: Path, attrs: dict[str, Any]) -> None:
-        self.old, self.old_attrs = path, attrs
-        with h5py.File(path, "r") as f:
-            for i, key in enumerate(zip(store._strs(f["path"]), store._strs(f["sha1"]))):
-                self.index[key] = (-1, i)
-            for p, s, r in zip(store._strs(f["failed_path"]), store._strs(f["failed_sha1"]), store._strs(f["failed_reason"])):
-                self.failed[(p, s)] = r
-
-    def add_part(self, part: store.Part) -> None:
-        k = len(self.parts)
-        self.parts.append(part)
-        for i, key in enumerate(zip(part.path, part.sha1)):
-            self.index[(str(key[0]), str(key[1]))] = (k, i)
-        for p, s, r in zip(part.failed_path, part.failed_sha1, part.failed_reason):
-            self.failed[(str(p), str(s))] = str(r)
-
-    def drop_all(self) -> None:
-        """Forget every cached row (they came from other weights)."""
-        self.index, self.failed, self.parts = {}, {}, []
-        self.old, self.old_attrs = None, {}
-
-    def known(self, key: tuple[str, str]) -> bool:
-        return key in self.index or key in self.failed
-
-    def blocks(self, keys: list[tuple[str, str]], block: int = 1024) -> Iterator[np.ndarray]:
-        """Feature rows for ``keys`` in order, streamed in blocks (memory stays flat)."""
-        f = h5py.File(self.old, "r") if self.old is not None else None
-        try:
-            feats = f["features"] if f is not None else None
-            for start in range(0, len(keys), block):
-                rows = []
-                for key in keys[start:start + block]:
-                    src, i = self.index[key]
-                    rows.append(feats[i] if src < 0 else self.parts[src].features[i])
-                yield np.stack(rows).astype(np.float32, copy=False)
-        finally:
-            if f is not None:
-                f.close()
-
-
-class _Target:
-    """One cache being brought up to date: its settings, what is already computed, and its journal."""
-
-    def __init__(self, settings: dict[str, Any], cache: Path) -> None:
-        self.settings, self.cache = settings, cache
-        self.src = _Sources()
-        self.journal = store.parts_dir(cache)
-        self.journal_sha = ""
-        self.journal_scope = ""
-        self.migrated = False
-
-    def open(self, log: Log, seed: int = 0) -> None:
-        """Index the old cache and any journal of an interrupted run that match these settings (and, for random-init
-        weights, this seed: the checksum is only seen when the model is built, which a fully cached rerun skips)."""
-        cache, settings = self.cache, self.settings
-        if cache.exists():
-            try:
-                attrs = store.read_attrs(cache)
-                if int(attrs.get("format_version", 0)) != store.FORMAT_VERSION or not attrs.get("complete"):
-                    log(f"{cache}: made by another version or incomplete; rebuilding it")
-                elif not _same(attrs, settings, _NO_SHA):
-                    log(f"{cache}: made with other settings; rebuilding it")
-                elif settings["weights"] == "random-init" and int(attrs.get("seed", 0) or 0) != seed:
-                    log(f"{cache}: made with random-init seed {attrs.get('seed', 0)}, not {seed} (other weights); recomputing all")
-                else:
-                    self.src.add_old(cache, attrs)
-            except (CacheError, OSError, KeyError) as exc:
-                log(f"{cache}: unreadable ({str(exc)[:100]}); rebuilding it")
-        if self.journal.is_dir():
-            try:
-                marker = json.loads((self.journal / "settings.json").read_text())
-                if _same(marker, settings, _NO_SHA):
-                    self.journal_sha = marker.get("weights_sha256", "")
-                    self.journal_scope = marker.get("weights_sha256_scope", "")
-                    parts = store.read_parts(self.journal, log=log)
-                    for part in parts:
-                        self.src.add_part(part)
-                    if parts:
-                        log(f"resuming: {sum(len(p.path) + len(p.failed_path) for p in parts)} images already done by an interrupted run")
-            except (OSError, ValueError):
-                pass
-
-    @property
-    def sha(self) -> str:
-        return self.settings.get("weights_sha256") or self.src.old_attrs.get("weights_sha256", "") or self.journal_sha
-
-    @property
-    def legacy(self) -> bool:
-        """True when rows cached here carry alzmri 0.1.0's checksum of a model cut at a mid layer, which only the TF
-        build can check (see ``backbones.prefix_checksums``). ``last`` caches recorded the whole backbone already."""
-        if self.settings["layers"] == "last":
-            return False
-        old = self.src.old is not None and self.src.old_attrs.get("weights_sha256_scope") != CHECKSUM_SCOPE
-        return old or bool(self.journal_sha and self.journal_scope != CHECKSUM_SCOPE)
-
-    def accept_weights(self, sha: str, log: Log, legacy: frozenset[str] = frozenset()) -> None:
-        """Drop cached rows computed with other weights, then journal under ``sha``.
-
-        Rows whose recorded checksum is in ``legacy`` (what alzmri 0.1.0 recorded for these very weights) are kept,
-        and the cache is rewritten with the whole-backbone checksum."""
-        old_sha = self.src.old_attrs.get("weights_sha256") if self.src.old is not None else None
-        stale_old = old_sha is not None and old_sha != sha and old_sha not in legacy
-        stale_journal = bool(self.journal_sha) and self.journal_sha != sha and self.journal_sha not in legacy
-        if stale_old or stale_journal:
-            log(f"{self.cache}: cached features came from other weights (checksum differs); recomputing all")
-            self.src.drop_all()
-            shutil.rmtree(self.journal, ignore_errors=True)
-        elif (old_sha is not None and old_sha != sha) or (self.journal_sha and self.journal_sha != sha):
-            log(f"{self.cache}: recorded the checksum of a truncated model (alzmri 0.1.0); verified the same weights, "
-                "cached rows kept and relabelled with the whole backbone's checksum")
-            self.migrated = True
-        # rows of a journal that passed the check are kept, and its marker relabelled (an older marker lacks the scope)
-        adopt = bool(self.journal_sha) and not (stale_old or stale_journal)
-        self.settings = {**self.settings, "weights_sha256": sha, "weights_sha256_scope": CHECKSUM_SCOPE}
-        self.journal = store.open_journal(self.cache, self.settings, adopt=adopt)
 
 
 def featurize_dataset(data: str | os.PathLike[str], *, layers: str = "last", **kwargs: Any) -> FeaturizeResult:
@@ -290,7 +157,7 @@ def featurize_layers(
         table = ds.table
         keys = list(zip(table["path"], table["sha1"]))
     ds_id = job.dataset_id if job else ds.dataset_id
-    targets = [_Target(st, features_dir(ds_id, artifacts) / store.cache_name(st)) for st in settings_list]
+    targets = [CacheTarget(st, features_dir(ds_id, artifacts) / store.cache_name(st)) for st in settings_list]
 
     def pending() -> list[int]:
         if job is not None:
@@ -349,7 +216,7 @@ def featurize_layers(
     return results
 
 
-def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_computed: int, rate: float,
+def _finish(t: CacheTarget, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_computed: int, rate: float,
             seed: int, t0: float, extra_attrs: dict[str, Any] | None = None) -> FeaturizeResult:
     """Write the cache if anything changed, clear the journal, and describe the outcome."""
     src, cache = t.src, t.cache
@@ -382,7 +249,7 @@ def _finish(t: _Target, ds: Dataset, data: Any, keys: list[tuple[str, str]], n_c
                            problems=list(ds.problems), settings={**t.settings, "weights_sha256": t.sha})
 
 
-def _engines_of(t: _Target, n_computed: int, n_rows: int) -> str:
+def _engines_of(t: CacheTarget, n_computed: int, n_rows: int) -> str:
     """The engines that computed the cache's rows, e.g. ``openvino+tf`` when new rows join rows of an older run."""
     old = str(t.src.old_attrs.get("engine", "tf")) if t.src.old is not None else ""
     new = str(t.settings.get("engine") or "")
@@ -407,7 +274,7 @@ def _versions() -> dict[str, str]:
     return {"tf_version": v("tensorflow"), "keras_version": v("keras"), "alzmri_version": __version__}
 
 
-def _dim(src: _Sources) -> int:
+def _dim(src: Sources) -> int:
     if src.parts and src.parts[0].features.ndim == 2 and len(src.parts[0].features):
         return int(src.parts[0].features.shape[1])
     for part in src.parts:
@@ -446,7 +313,7 @@ Batches = Iterator[tuple[np.ndarray, list[tuple[str, str, str]]]]
 
 
 def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[int], settings: dict[str, Any], batch_size: int,
-           targets: list[_Target], dims: list[int], part_rows: int, progress: bool,
+           targets: list[CacheTarget], dims: list[int], part_rows: int, progress: bool,
            batches: Callable[[], Batches] | None = None, total: int | None = None) -> tuple[int, float]:
     """Run the model over ``todo`` rows, journaling every ``part_rows`` images into each target's journal.
 

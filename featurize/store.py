@@ -228,7 +228,7 @@ def open_journal(cache: Path, settings: dict[str, Any], *, adopt: bool = False) 
     d = parts_dir(cache)
     marker = d / "settings.json"
     wanted = identity(settings)
-    if settings.get("weights_sha256_scope"):  # what the checksum covers, so a resumed run knows (run._Target.legacy)
+    if settings.get("weights_sha256_scope"):  # what the checksum covers, so a resumed run knows (target.CacheTarget.legacy)
         wanted["weights_sha256_scope"] = settings["weights_sha256_scope"]
     if adopt and d.is_dir():
         with atomic_path(marker) as tmp:

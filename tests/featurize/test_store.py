@@ -9,7 +9,8 @@ import numpy as np
 
 from featurize import store
 from featurize.backbones import CHECKSUM_SCOPE
-from featurize.run import _Target, settings_for
+from featurize.run import settings_for
+from featurize.target import CacheTarget
 
 
 def _part(name: str) -> store.Part:
@@ -21,12 +22,12 @@ def _part(name: str) -> store.Part:
 def test_an_interrupted_runs_journal_resumes_without_a_legacy_check(tmp_path: Path) -> None:
     settings = settings_for("mobilenetv2", "none", None, "avg", "stretch", "mid")
     cache = tmp_path / "c.h5"
-    first = _Target(settings, cache)
+    first = CacheTarget(settings, cache)
     first.open(print)
     first.accept_weights("ab" * 32, print)
     store.write_part(first.journal, _part("a.png"))  # then the run is interrupted
 
-    again = _Target(settings, cache)
+    again = CacheTarget(settings, cache)
     again.open(print)
     assert again.journal_scope == CHECKSUM_SCOPE and not again.legacy  # so the model card may serve the rest
     again.accept_weights("ab" * 32, print)
@@ -41,7 +42,7 @@ def test_an_old_journal_with_a_truncated_models_checksum_is_kept_and_relabelled(
     (journal / "settings.json").write_text(json.dumps(store.identity({**settings, "weights_sha256": "old"})))
     store.write_part(journal, _part("a.png"))
 
-    t = _Target(settings, cache)
+    t = CacheTarget(settings, cache)
     t.open(print)
     assert t.legacy
     t.accept_weights("new", print, frozenset({"old"}))

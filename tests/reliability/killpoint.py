@@ -1,11 +1,11 @@
 """Run the real CLI (or a code snippet) in this process, with SIGKILL or a signal file at a chosen point.
 
 ``python -m tests.reliability.killpoint TARGET,N,ACTION ... -- CLI ARGS`` (or ``-- -c CODE``). TARGET is
-``module:attr`` (``featurize.store:write_part``, ``featurize.run:_Sources.blocks``); ACTION is one of
+``module:attr`` (``featurize.store:write_part``, ``featurize.target:Sources.blocks``); ACTION is one of
 
 - ``before`` / ``after``: SIGKILL this process just before / after the N-th call;
 - ``item``: the target returns an iterator; SIGKILL when its consumer asks for the item after the N-th
-  (the N-th item has been used: for ``_Sources.blocks``, written into the temp cache);
+  (the N-th item has been used: for ``Sources.blocks``, written into the temp cache);
 - ``touch=PATH``: the target returns an iterator; create PATH once its N-th item was handed out (so a test
   knows the run got that far before it sends a real signal from outside).
 

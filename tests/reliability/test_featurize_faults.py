@@ -66,7 +66,7 @@ def test_kill_9_in_a_rerun_and_in_the_final_cache_write_then_a_rerun_equals_a_cl
     np.testing.assert_array_equal(featurize.load(cache).X, before)
     assert len(list(store.parts_dir(cache).glob("part-*.npz"))) == 2
     # 2. the next rerun resumes, computes the rest, and is killed while writing the new cache (after one block)
-    two = run(["-c", lib, data, art], kill=["featurize.run:_Sources.blocks,1,item"])
+    two = run(["-c", lib, data, art], kill=["featurize.target:Sources.blocks,1,item"])
     assert two.returncode == -9, two.stderr
     assert "resuming: 16 images" in two.stderr, two.stderr
     np.testing.assert_array_equal(featurize.load(cache).X, before)  # the half-written cache never replaced it
