@@ -18,7 +18,10 @@ from classify.cnn.spec import MODELS
 from classify.heads import HEADS
 from classify.protocols import PROTOCOLS
 from classify.report import FORMATS as REPORT_FORMATS
+from classify.subject_level import LEVELS
+from classify.subject_level import POOLINGS as SUBJECT_POOLINGS
 from classify.sweep import CRITERIA, sweep_lists
+from classify.transfer import VIEWS
 from featurize.backbones import BACKBONES, POOLINGS
 from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
@@ -33,10 +36,10 @@ NAMES = tuple(BACKBONES)
 # every command, with the closed sets its --help must list (taken from the library, not from cli.py)
 CHOICES: dict[str, list[tuple[str, ...]]] = {
     "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES],
-    "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS],
-    "report": [REPORT_FORMATS],
+    "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS, LEVELS, SUBJECT_POOLINGS],
+    "report": [REPORT_FORMATS, VIEWS],
     "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS],
-    "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
+    "sweep": [NAMES, (*HEADS, "all"), CRITERIA, LEVELS, SUBJECT_POOLINGS],
     "subjects": [],
     "synth": [IMAGE_FORMATS, SPLITS],
     "demo": [NAMES],
@@ -69,6 +72,7 @@ def test_mirrored_names_equal_the_library() -> None:
     # cli.py repeats these to stay free of scikit-learn and pandas at start-up; they must not drift
     assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS) == (
         tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS))
+    assert (cli.LEVELS, cli.SUBJECT_POOLINGS, cli.REPORT_VIEWS) == (LEVELS, SUBJECT_POOLINGS, VIEWS)
 
 
 @pytest.mark.parametrize("args, option", [
