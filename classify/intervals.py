@@ -16,22 +16,12 @@ folds, which can differ from the pooled one by a little.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
-from classify.metrics import subject_level
+from classify.metrics import rank_auc, subject_level
 
 N_BOOT = 2000
 LEVEL = 0.95
 INTERVAL_METRICS = ("subject_accuracy", "subject_balanced_accuracy", "subject_roc_auc")
-
-
-def _auc_columns(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Row-wise ROC-AUC (Mann-Whitney, ties averaged) of ``scores`` (B x n) for a fixed ``positive`` mask per row."""
-    n_pos = positive.sum(axis=1)
-    n_neg = positive.shape[1] - n_pos
-    ranks = rankdata(scores, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def bootstrap_subjects(y: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None, *, n_boot: int = N_BOOT,
@@ -62,7 +52,7 @@ def bootstrap_subjects(y: np.ndarray, scores: np.ndarray, groups: np.ndarray | N
     bal = np.mean([correct[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=0)
     yb = y[idx]
     if len(present) >= 2:
-        auc = np.mean([_auc_columns(scores[idx, c], yb == c) for c in present], axis=0)
+        auc = np.mean([rank_auc(scores[idx, c], yb == c) for c in present], axis=0)
     else:
         auc = np.full(n_boot, np.nan)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
