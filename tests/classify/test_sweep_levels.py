@@ -45,6 +45,8 @@ def test_sweep_levels_and_fusion(tmp_path: Path) -> None:
     tested = {tuple(sorted(map(tuple, [sorted(c.result.subject_oof.subjects[c.result.subject_oof.fold == k])
                                        for k in range(5)]))) for c in res.candidates}
     assert len(tested) == 1
+    # slice heads' inner scores are per subject too (subjects routed into the inner CV), so levels compare
+    assert all(np.isfinite(c.inner_scores).all() for c in res.candidates)
     lo, hi = res.nested_interval["subject_balanced_accuracy_lo"], res.nested_interval["subject_balanced_accuracy_hi"]
     assert 0 <= lo <= hi <= 1 and set(res.by_level) == {"slice", "subject"}
     text = format_sweep(res)
