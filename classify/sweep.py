@@ -224,6 +224,7 @@ def sweep_caches(data: str | os.PathLike[str], caches: list[Path], *, heads: lis
                                                score=float(res.metrics.get(criterion, np.nan)), fold_scores=fold,
                                                inner_scores=list(res.fold_inner[criterion]), row=row, result=res, fs=fs,
                                                level=level_name(lv, pool)))
+                        log(f"{label(cands[-1])}: {criterion} {cands[-1].score:.3f} ({res.fit_seconds:.0f} s)")
                         advance(1)
         ranked = sorted(cands, key=lambda c: -np.nan_to_num(c.score, nan=-1))
         best = ranked[0]
