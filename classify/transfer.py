@@ -80,13 +80,14 @@ def format_transfer(table: pd.DataFrame, fmt: str = "table") -> str:
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
         return "\n".join(lines) + f"\n\n{note}"
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"source domains ({len(table)} groups): {note}", pad_edge=False)
+    t = Table(title=escape(f"source domains ({len(table)} groups): {note}"), pad_edge=False)
     for h in headers:
         t.add_column(h, justify="left" if h in (*shown, headers[len(shown)]) else "right", no_wrap=True)
     for row in body:
-        t.add_row(*row)
+        t.add_row(*(escape(c) for c in row))
     buf = io.StringIO()
     Console(file=buf, width=250, force_terminal=False, color_system=None).print(t)
     return buf.getvalue().rstrip("\n")

@@ -52,4 +52,5 @@ def test_transfer_view_per_backbone_source_and_level(tmp_path: Path, monkeypatch
     assert mob.iloc[2]["subject_balanced_accuracy"] == 0.78 and mob.iloc[2]["best"].endswith("quantiles10-50-90")
     text = format_transfer(t, "markdown")
     assert "0.740 [0.66, 0.82]" in text and "file-a2f5111730" in text
-    assert "random-init" in report_command(tmp_path / "art", view="transfer")
+    table = report_command(tmp_path / "art", view="transfer")
+    assert "random-init" in table and "[lo, hi]" in table and "0.740 [0.66, 0.82]" in table  # not eaten as markup
