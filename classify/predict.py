@@ -149,6 +149,8 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
 
         bundle = load_bundle(path)
         class_names = list(bundle.class_names)
+        if str(getattr(bundle, "level", "slice")).startswith("subject") and not by_subject:
+            _predict_subjects(bundle, [], np.zeros((0, 0)), [], by_subject, log)  # refuses before any feature is computed
         # a bundle in artifacts/models/<dataset>/ finds the exports and model cards in artifacts/engines/
         parents = path.resolve().parents
         engines = parents[2] / "engines" if len(parents) > 2 else None

@@ -37,10 +37,11 @@ def test_subject_bundle_answers_one_row_per_person(tmp_path: Path, monkeypatch: 
     save_bundle(tmp_path / path.name, bundle)
     rows = _folders(tmp_path, fs)
     bad = next(iter(rows))  # one unreadable slice: left out of its person's pooled row
+    with pytest.raises(AlzmriError, match="decides per person"):
+        monkeypatch.setattr(predict_mod, "bundle_features", None)  # refused before computing any feature
+        predict_paths(tmp_path / path.name, [tmp_path / "people"])
     monkeypatch.setattr(predict_mod, "bundle_features", lambda spec, files, **kw: (
         fs.X[[rows[f] for f in files]].copy(), ["cannot decode" if f == bad else "" for f in files]))
-    with pytest.raises(AlzmriError, match="decides per person"):
-        predict_paths(tmp_path / path.name, [tmp_path / "people"])
     table, people = predict_paths(tmp_path / path.name, [tmp_path / "people"], by_subject="folder")
     assert len(people) == 16 and people["n_slices"].sum() == len(fs) - 1 and len(table) == len(fs)
     assert "predicted" not in table.columns  # a subject model gives no per-slice answer
