@@ -41,6 +41,9 @@ EXPLAIN_METHODS = ("auto", "cam", "occlusion")  # classify.explain.METHODS
 VOLUME_FORMATS = ("nifti", "analyze", "dicom")  # featurize.synth_volumes.FORMATS
 LABEL_COLUMN = "diagnosis"  # featurize.volume_dataset.DEFAULT_LABEL_COLUMN
 N_SLICES = 32  # featurize.volumes.DEFAULT_N_SLICES
+LEVELS = ("slice", "subject")  # classify.subject_level.LEVELS
+SUBJECT_POOLINGS = ("mean", "meanstd", "quantiles")  # classify.subject_level.POOLINGS
+REPORT_VIEWS = ("rows", "transfer")  # classify.transfer.VIEWS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -61,6 +64,9 @@ ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
 View = Literal[VIEWS]  # type: ignore[valid-type]
 SynthFormat = Literal[(*IMAGE_FORMATS, *VOLUME_FORMATS)]  # type: ignore[valid-type]
+Level = Literal[LEVELS]  # type: ignore[valid-type]
+SubjectPooling = Literal[SUBJECT_POOLINGS]  # type: ignore[valid-type]
+ReportView = Literal[REPORT_VIEWS]  # type: ignore[valid-type]
 
 # typer vendors click in recent versions; reach click's UsageError through an exported subclass
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -238,6 +244,8 @@ def classify(
     task: str = typer.Option("stages", "--label-map", "--task", help="stages | binary | OLD=NEW,...,*=NEW."),
     permutation: int = typer.Option(0, "--permutation", min=0, help="Refit N times with labels shuffled by subject: chance score and p-value."),
     by_subject: bool = typer.Option(False, "--by-subject", help="Decide per subject (mean slice probabilities) in the confusion plots."),
+    level: Level = typer.Option("slice", "--level", help="slice: a row per slice; subject: a row per person, pooled from its slices."),
+    pooling: SubjectPooling = typer.Option("meanstd", "--pooling", help="How --level subject pools a person's slices: mean | meanstd | quantiles (10/50/90)."),
     n_jobs: int = typer.Option(2, "--n-jobs", min=1, help="Parallel CV folds."),
     seed: int = typer.Option(0, "--seed", min=0),
     calibrate: Calibration = CalibrateOpt,
@@ -260,7 +268,8 @@ def classify(
     df = _run(lambda: classify_dataset(data, backbone=backbone, heads=head, protocol=protocol, artifacts=artifacts,
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
                                        progress=not no_progress, task=task, log=_say, layers=layers,
-                                       calibration=calibrate, conformal=conformal, cluster=cluster))
+                                       calibration=calibrate, conformal=conformal, cluster=cluster, level=level,
+                                       pooling=pooling))
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
@@ -290,12 +299,13 @@ def weights(
 def report(
     fmt: ReportFormat = typer.Option("table", "--format", help="table: compact, best first; csv and json: every column."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write one self-contained HTML page (plots embedded) to FILE."),
+    view: ReportView = typer.Option("rows", "--view", help="rows: every report row; transfer: per backbone and task, each weights source at slice and subject level, with 95% intervals."),
     artifacts: Optional[str] = ArtifactsOpt,
 ) -> None:
     """Print report.csv sorted by balanced accuracy, and redraw the plots."""
     from classify.run import report_command
 
-    out.print(_run(lambda: report_command(artifacts, fmt=fmt)), highlight=False, markup=False)
+    out.print(_run(lambda: report_command(artifacts, fmt=fmt, view=view)), highlight=False, markup=False)
     if html:
         from classify.html_report import write_html
 
@@ -347,7 +357,10 @@ def sweep(
     tasks: str = typer.Option("stages,binary", "--task", help="Comma list of tasks: stages, binary (label maps with ';' between tasks)."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH, or per backbone: mobilenetv2=imagenet,*=none."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for every backbone."),
-    criterion: Criterion = typer.Option("balanced_accuracy", "--criterion", help="What picks the winner."),
+    criterion: Optional[Criterion] = typer.Option(None, "--criterion", help="What picks the winner (default: balanced_accuracy; subject_balanced_accuracy with --level subject)."),
+    level: str = typer.Option("slice", "--level", parser=_one_of(LEVELS), metavar=_metavar(LEVELS), help="Levels to sweep: slice, subject or both."),
+    pooling: str = typer.Option("meanstd", "--pooling", parser=_one_of(SUBJECT_POOLINGS), metavar=_metavar(SUBJECT_POOLINGS), help="Subject poolings to sweep (at --level subject)."),
+    fuse: Optional[str] = typer.Option(None, "--fuse", help="Fused candidates: BACKBONE[:LAYERS]+BACKBONE[:LAYERS], several joined by ';'."),
     calibrate: Calibration = CalibrateOpt,
     n_jobs: int = typer.Option(2, "--n-jobs", min=1),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -362,7 +375,7 @@ def sweep(
     results = _run(lambda: run_sweep(data, backbones=backbone_list, layers=layer_list, heads=head_list, tasks=task_list,
                                      weights=weights, image_size=image_size, criterion=criterion, artifacts=artifacts,
                                      n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say, calibration=calibrate,
-                                     cluster=cluster))
+                                     cluster=cluster, levels=level.split(","), poolings=pooling.split(","), fuse=fuse))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 
@@ -451,7 +464,7 @@ def predict(
     model: str = typer.Option(..., "--model", "-m", help="A .joblib bundle from `classify` a .keras model from `baseline`, or a .onnx file from `export`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     weights: Optional[str] = typer.Option(None, "--weights", help="The weights file, when the model was trained on features from --weights PATH."),
-    by_subject: Optional[str] = typer.Option(None, "--by-subject", help="infer | regex:PATTERN: also decide per subject from the mean slice probabilities."),
+    by_subject: Optional[str] = typer.Option(None, "--by-subject", help="folder (one folder per person) | infer | regex:PATTERN: also decide per person (required by a subject-level model)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Where featurize left its model cards and exports (engines/): a bundle runs from them without TF when they match [default: $ALZMRI_ARTIFACTS, else ./artifacts]."),

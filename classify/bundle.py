@@ -1,9 +1,14 @@
 """Fitted model bundles: a joblib file plus an HMAC-SHA256 signature sidecar.
 
-Naming: ``artifacts/models/<dataset-id>/<backbone>__<head>[__<weights>][__<layers>][__<features>][__<task>][__<protocol>].joblib``
+Naming: ``artifacts/models/<dataset-id>/<backbone>__<head>[__<weights>][__<layers>][__<features>][__<task>][__<protocol>][__<level>].joblib``
 where a part is added only when it differs from the default (weights ``imagenet``, layers ``last``, features
-"" (the backbone's input size, avg pooling, stretch, float32), task ``stages``, protocol ``official``), so the common case stays ``mobilenetv2__logreg.joblib`` and runs with
-other settings never overwrite each other.
+"" (the backbone's input size, avg pooling, stretch, float32), task ``stages``, protocol ``official``, level
+``slice``), so the common case stays ``mobilenetv2__logreg.joblib`` and runs with other settings never overwrite
+each other.
+
+A subject-level bundle (``level`` ``subject-<pooling>``) holds its ``pooling``: ``predict`` pools a new person's slice
+features the same way. A fused bundle (``classify.fusion``) lists the backbone spec of every part in ``parts``, in
+column order.
 
 Why a signature: unpickling (joblib) executes code chosen by whoever wrote the file. ``load_bundle`` only
 unpickles bytes whose HMAC matches the current user's secret key (``$ALZMRI_KEY_FILE``, default
@@ -44,7 +49,7 @@ BUNDLE_FORMAT = 1
 BACKBONE_KEYS = (*SETTING_KEYS, "seed", "weights_sha256_scope")
 VOLUME_KEYS = ("input", "volume_views", "volume_slices", "volume_index")  # featurize.volume_featurize.VOLUME_KEYS
 DEFAULTS = {"weights": "imagenet", "layers": "last", "features": "", "task": "stages", "protocol": "official",
-            "calibration": "none"}
+            "level": "slice", "calibration": "none"}
 
 
 @dataclass
@@ -71,6 +76,10 @@ class ModelBundle:
     sklearn_version: str = ""
     created: str = ""
     format: int = BUNDLE_FORMAT
+    # Fields added later keep class-level defaults, so bundles pickled before them still load as slice heads.
+    level: str = "slice"
+    pooling: Any = None
+    parts: tuple[dict[str, Any], ...] = ()
     calibration: str = "none"  # the pipeline is a CalibratedClassifierCV when not "none"
     conformal: Any = None  # classify.conformal.ConformalPredictor: per-subject prediction sets in predict
 
@@ -97,11 +106,11 @@ def tool_version() -> str:
 
 
 def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: str = "last", task: str = "stages",
-                protocol: str = "official", features: str = "", calibration: str = "none") -> str:
+                protocol: str = "official", features: str = "", level: str = "slice", calibration: str = "none") -> str:
     """File name of a bundle (see the module docstring for the rule)."""
     parts = [slug(backbone), slug(head)]
     for key, value in (("weights", weights), ("layers", layers), ("features", features), ("task", task),
-                       ("protocol", protocol), ("calibration", calibration)):
+                       ("protocol", protocol), ("level", level), ("calibration", calibration)):
         if value and value != DEFAULTS[key]:
             v = str(value)
             # Custom label maps can be long and full of symbols: name them by a short hash.
@@ -111,10 +120,11 @@ def bundle_name(backbone: str, head: str, *, weights: str = "imagenet", layers: 
 
 def bundle_path(dataset_id: str, backbone: str, head: str, *, artifacts: str | os.PathLike[str] | None = None,
                 weights: str = "imagenet", layers: str = "last", task: str = "stages", protocol: str = "official",
-                features: str = "", calibration: str = "none") -> Path:
+                features: str = "", level: str = "slice", calibration: str = "none") -> Path:
     """Where the bundle of (dataset, backbone, head, ...) lives."""
     return models_dir(dataset_id, artifacts) / bundle_name(backbone, head, weights=weights, layers=layers, task=task,
-                                                             protocol=protocol, features=features, calibration=calibration)
+                                                             protocol=protocol, features=features, level=level,
+                                                             calibration=calibration)
 
 
 def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
@@ -125,8 +135,9 @@ def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
     m = fs.meta
     ds_id = str(m.get("dataset_id", ""))
     path = bundle_path(ds_id, str(m.get("backbone")), res.head, artifacts=artifacts, weights=str(m.get("weights")),
-                       layers=str(m.get("layers")), task=task, protocol=res.protocol, features=variant_tag(m),
-                       calibration=getattr(res, "calibration", "none"))
+                       layers=str(m.get("layers")), task=task, protocol=res.protocol,
+                       features=m["fused_features"] if "fused_parts" in m else variant_tag(m),
+                       level=res.level, calibration=getattr(res, "calibration", "none"))
     bundle = ModelBundle(
         pipeline=res.model, class_names=list(fs.class_names),
         # a volume cache's slicing too, so that predict cuts new scans the same way (2-D bundles are unchanged)
@@ -134,6 +145,8 @@ def bundle_for(fs: FeatureSet, res: EvalResult, *, task: str, selection: str,
         fingerprint=str(m.get("fingerprint", "")), head=res.head, protocol=res.protocol, selection=selection,
         task=task, best_params=res.best_params,
         metrics={k: v for k, v in res.metrics.items() if isinstance(v, float) and np.isfinite(v)}, dataset_id=ds_id,
+        level=res.level, pooling=res.pooling,
+        parts=tuple({k: p.get(k) for k in BACKBONE_KEYS} for p in m.get("fused_parts", [])),
         calibration=getattr(res, "calibration", "none"), conformal=getattr(res, "conformal", None))
     return path, bundle
 

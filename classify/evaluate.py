@@ -5,8 +5,12 @@
                    and std over folds; then refit on everything for the saved model.
   * ``slice-cv``   as subject-cv but subjects ignored on both levels (leaky), to show what leakage inflates.
 
-Model selection is always ``GridSearchCV(scoring="balanced_accuracy")`` on training rows only; test rows
-never influence a choice.
+Model selection is always ``GridSearchCV`` refit on balanced accuracy on training rows only; test rows never
+influence a choice. The inner CV also records, at the selected parameters, the subject-level balanced accuracy and
+the ROC-AUCs (``InnerScorer``), so the sweep can compare candidates of both levels by the same inner criterion.
+
+``level="subject"`` pools each subject's slices into one row (``classify.subject_level``) after the outer folds are
+made on the slices, so both levels are scored on the same held-out subjects.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+import sklearn
 from joblib import Memory
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV
@@ -27,9 +32,11 @@ from sklearn.utils.parallel import Parallel, delayed  # carries sklearn config a
 from threadpoolctl import threadpool_limits
 
 from classify.calibration import calibrate, check_calibration, fold_bins, pool_bins
-from classify.conformal import check_level, conformal_fold, fit_conformal, require_subjects
+from classify.conformal import check_level as check_conformal_level
+from classify.conformal import conformal_fold, fit_conformal, require_subjects
 from classify.heads import default_pca, make_head, param_grid
-from classify.metrics import compute_metrics, predict_scores, quiet_sklearn
+from classify.intervals import bootstrap_subjects, pooled_oof
+from classify.metrics import compute_metrics, ovr_auc, predict_scores, quiet_sklearn, subject_level
 from classify.protocols import (
     OUTER_SPLITS,
     Fold,
@@ -41,12 +48,24 @@ from classify.protocols import (
     splits,
     subjects_per_class,
 )
+from classify.subject_level import SubjectPooling, check_level, level_name, subject_folds, subject_rows
 from featurize.errors import DataError
 from featurize.featureset import FeatureSet
 
 SELECTION = "balanced_accuracy"
 INNER_SPLITS = 3  # inner folds only rank a handful of candidates; 3 keeps nested CV affordable on 2 cores
 MIN_SUBJECTS = 5
+
+
+@dataclass
+class SubjectOOF:
+    """Every tested subject's out-of-fold decision: its label, its scores (a subject-level head's own, or the mean of
+    a slice head's slice scores) and the outer fold that tested it."""
+
+    subjects: np.ndarray
+    y: np.ndarray
+    scores: np.ndarray
+    fold: np.ndarray
 
 
 @dataclass
@@ -59,7 +78,10 @@ class EvalResult:
     selection across heads/backbones. ``confusion`` is in class order, summed over the test parts. ``model`` is the
     fitted pipeline to save (official: trained on the training part; cv: refit on all rows). ``leakage`` counts test
     subjects that also had training slices (cv: subjects split across sides in any fold); None when subjects are
-    unknown. ``folds`` are the (train, test) row positions from ``classify.protocols.folds_for``.
+    unknown. ``folds`` are the (train, test) row positions from ``classify.protocols.folds_for`` (of subject rows
+    at subject level). ``fold_inner`` holds each outer fold's inner-CV scores at the selected parameters for every
+    ``INNER_METRICS`` name. ``level`` is the report's level value, ``pooling`` the subject pooling (subject level),
+    ``intervals`` the 95% bootstrap intervals over subjects (``classify.intervals``).
     """
 
     head: str
@@ -87,6 +109,11 @@ class EvalResult:
     permutation_scores: list[float] = field(default_factory=list)
     fold_inner_scores: list[float] = field(default_factory=list)
     folds: list[Fold] = field(default_factory=list)
+    fold_inner: dict[str, list[float]] = field(default_factory=dict)
+    level: str = "slice"
+    pooling: SubjectPooling | None = None
+    intervals: dict[str, float] = field(default_factory=dict)
+    subject_oof: SubjectOOF | None = None
     calibration: str = "none"
     reliability: dict[str, Any] = field(default_factory=dict)  # pooled test-part bins (classify.calibration)
     conformal: Any = None  # classify.conformal.ConformalPredictor of the saved model
@@ -115,6 +142,37 @@ def _effective_pca(pca: int | None, n_rows: int, n_features: int) -> int | None:
     return k if k < n_features else None
 
 
+INNER_METRICS = ("balanced_accuracy", "roc_auc", "subject_balanced_accuracy", "subject_roc_auc")
+
+
+class InnerScorer:
+    """The inner-CV scorer: balanced accuracy (what selection refits on) and the ROC-AUC per row, and, given the
+    subjects of the scored rows (routed by scikit-learn's metadata routing), the same per subject from the mean of
+    its rows' scores, as ``compute_metrics`` does on the outer folds."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+
+    def __call__(self, model: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+        y = np.asarray(y)
+        scores = predict_scores(model, X, self.n_classes)
+        out = {"balanced_accuracy": float(balanced_accuracy_score(y, model.predict(X))), "roc_auc": ovr_auc(y, scores),
+               "subject_balanced_accuracy": float("nan"), "subject_roc_auc": float("nan")}
+        if groups is not None:
+            ys, ss = subject_level(y, scores, np.asarray(groups, dtype=object))
+            out["subject_balanced_accuracy"] = float(balanced_accuracy_score(ys, ss.argmax(axis=1)))
+            out["subject_roc_auc"] = ovr_auc(ys, ss)
+        return out
+
+    def get_metadata_routing(self) -> Any:
+        """Ask GridSearchCV to pass each scored part's ``groups``."""
+        from sklearn.utils.metadata_routing import MetadataRequest
+
+        request = MetadataRequest(owner=type(self).__name__)
+        request.score.add_request(param="groups", alias=True)
+        return request
+
+
 @contextlib.contextmanager
 def _cached(model: Pipeline) -> Iterator[Pipeline]:
     # Grid candidates differ only in the classifier: cache the fitted scaler/PCA per fold so a 6-point grid
@@ -128,25 +186,36 @@ def _cached(model: Pipeline) -> Iterator[Pipeline]:
 
 
 def _grid(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, pca: int | None, n_jobs: int,
-          seed: int, inner_splits: int) -> tuple[Pipeline, dict[str, Any], list[str], float]:
+          seed: int, inner_splits: int, n_classes: int | None = None
+          ) -> tuple[Pipeline, dict[str, Any], list[str], dict[str, float]]:
     splitter, notes = make_splitter(y, groups, n_splits=inner_splits, seed=seed, what="inner selection folds")
     inner = splits(splitter, y, groups)
     k = _effective_pca(pca, min(len(tr) for tr, _ in inner), X.shape[1])
-    with quiet_sklearn(), _cached(make_head(name, k, seed)) as model:
-        gs = GridSearchCV(model, param_grid(name), scoring=SELECTION, cv=inner, n_jobs=n_jobs, refit=True)
-        gs.fit(X, y)
+    scorer = InnerScorer(int(n_classes or (int(np.max(y)) + 1)))
+    fit_params = {} if groups is None else {"groups": np.asarray(groups, dtype=object)}
+    with quiet_sklearn(), _cached(make_head(name, k, seed)) as model, \
+            sklearn.config_context(enable_metadata_routing=groups is not None):
+        gs = GridSearchCV(model, param_grid(name), scoring=scorer, cv=inner, n_jobs=n_jobs, refit=SELECTION)
+        with warnings.catch_warnings():
+            # the subject scores are NaN without subjects, an AUC on a part missing a class: recorded as NaN
+            warnings.filterwarnings("ignore", message=".*test scores are non-finite.*")
+            gs.fit(X, y, **fit_params)
         best = gs.best_estimator_
         best.set_params(memory=None)
-    return best, dict(gs.best_params_), notes, float(gs.best_score_)
+    i = int(gs.best_index_)
+    scores = {m: float(gs.cv_results_[f"mean_test_{m}"][i]) for m in INNER_METRICS}
+    return best, dict(gs.best_params_), notes, scores
 
 
 def select_head(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *, pca: int | None = None,
-                n_jobs: int = 2, seed: int = 0, inner_splits: int = INNER_SPLITS) -> tuple[Pipeline, dict[str, Any], list[str]]:
+                n_jobs: int = 2, seed: int = 0, inner_splits: int = INNER_SPLITS, n_classes: int | None = None
+                ) -> tuple[Pipeline, dict[str, Any], list[str]]:
     """Grid-search ``name`` on (X, y) only (group-aware inner CV when ``groups``), refit the best on all of it.
 
     Returns the fitted best pipeline, its parameters and notes (fold fallbacks).
     """
-    best, params, notes, _ = _grid(name, X, y, groups, pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits)
+    best, params, notes, _ = _grid(name, X, y, groups, pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits,
+                                   n_classes=n_classes)
     return best, params, notes
 
 
@@ -158,7 +227,7 @@ def fixed_head(name: str, params: dict[str, Any], *, n_rows: int, n_features: in
 
 @dataclass
 class _FoldOutcome:
-    """One outer fold: test metrics and confusion matrices, the selected model, its inner score, timings."""
+    """One outer fold: test metrics, scores and confusion matrices, the selected model, its inner scores, timings."""
 
     metrics: dict[str, float]
     cm: np.ndarray
@@ -166,9 +235,10 @@ class _FoldOutcome:
     params: dict[str, Any]
     notes: list[str]
     model: Pipeline
-    inner: float
+    inner: dict[str, float]
     fit_s: float
     pred_s: float
+    scores: np.ndarray
     bins: dict[str, Any] = field(default_factory=dict)
     conformal: Any = None
 
@@ -180,7 +250,8 @@ def _fold(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fo
     tr, te = fold
     t0 = time.perf_counter()
     model, params, notes, inner = _grid(name, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
-                                        pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits)
+                                        pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits,
+                                        n_classes=len(class_names))
     model, more = calibrate(model, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
                             method=calibration, seed=seed, inner_splits=inner_splits)
     t1 = time.perf_counter()
@@ -194,7 +265,7 @@ def _fold(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fo
         more_m, cp = conformal_fold(model, X, y, groups, fold, level=conformal, n_classes=len(class_names), seed=seed)
         m.update(more_m)
     return _FoldOutcome(metrics=m, cm=cm, scm=scm, params=params, notes=notes + more + (cp.notes if cp else []),
-                        model=model, inner=inner, fit_s=t1 - t0, pred_s=t2 - t1, conformal=cp,
+                        model=model, inner=inner, fit_s=t1 - t0, pred_s=t2 - t1, scores=scores, conformal=cp,
                         bins=fold_bins(y[te], scores, None if groups is None else groups[te]))
 
 
@@ -236,11 +307,14 @@ def permutation_check(name: str, *, params: dict[str, Any], X: np.ndarray, y: np
 
 def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int | None | str = "default",
              permutation: int = 0, n_jobs: int = 2, seed: int = 0, outer_splits: int = OUTER_SPLITS,
-             inner_splits: int = INNER_SPLITS, calibration: str = "none", conformal: float | None = None) -> EvalResult:
+             inner_splits: int = INNER_SPLITS, level: str = "slice", pooling: str | SubjectPooling = "meanstd",
+             n_boot: int = 2000, calibration: str = "none", conformal: float | None = None) -> EvalResult:
     """Select, fit and score ``head`` on ``fs`` under ``protocol``; optionally run the permutation check.
 
     ``pca``: "default" = the head's own default width, None/0 = no PCA, int = that many components.
     ``n_jobs`` processes share the work (outer folds, else grid candidates x inner folds, and permutations).
+    ``level``: ``slice`` (a row per slice) or ``subject`` (a row per subject, pooled by ``pooling``; see
+    ``classify.subject_level``). With subjects, ``n_boot`` resamples give 95% intervals over subjects.
     ``calibration`` (none|sigmoid|isotonic) and ``conformal`` (a level) are fitted inside each training part.
     """
     # Parallelism comes from n_jobs processes. BLAS/OpenMP threads on top only compete with them and spin
@@ -248,8 +322,9 @@ def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int 
     # n_jobs=2 and ~7x faster for the many tiny fits of small data sets.
     with threadpool_limits(1):
         return _evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
-                         outer_splits=outer_splits, inner_splits=inner_splits, calibration=check_calibration(calibration),
-                         conformal=check_level(conformal))
+                         outer_splits=outer_splits, inner_splits=inner_splits, level=level, pooling=pooling,
+                         n_boot=n_boot, calibration=check_calibration(calibration),
+                         conformal=check_conformal_level(conformal))
 
 
 def _subject_notes(y: np.ndarray, groups: np.ndarray | None, names: list[str]) -> tuple[dict[str, int] | None, list[str]]:
@@ -264,10 +339,23 @@ def _subject_notes(y: np.ndarray, groups: np.ndarray | None, names: list[str]) -
                  "metrics mean little"]
 
 
+def _subject_oof(folds: list[Fold], fold_scores: list[np.ndarray], y: np.ndarray, groups: np.ndarray,
+                 n_classes: int) -> SubjectOOF:
+    oof, tested = pooled_oof(folds, fold_scores, len(y), n_classes)
+    fold_of = np.full(len(y), -1)
+    for k, (_, te) in enumerate(folds):
+        fold_of[te] = k
+    subjects, first = np.unique(groups[tested], return_index=True)  # subject_level orders subjects the same way
+    ys, ss = subject_level(y[tested], oof[tested], groups[tested])
+    return SubjectOOF(subjects=subjects, y=ys, scores=ss, fold=fold_of[tested][first])
+
+
 def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str, permutation: int, n_jobs: int,
-              seed: int, outer_splits: int, inner_splits: int, calibration: str = "none",
-              conformal: float | None = None) -> EvalResult:
+              seed: int, outer_splits: int, inner_splits: int, level: str, pooling: str | SubjectPooling,
+              n_boot: int, calibration: str = "none", conformal: float | None = None) -> EvalResult:
     check_protocol(protocol)
+    check_level(level)
+    pool = pooling if isinstance(pooling, SubjectPooling) else SubjectPooling(str(pooling))
     pca = default_pca(head) if pca == "default" else (int(pca) if pca else None)
     check_finite(fs)
     names = list(fs.class_names)
@@ -280,6 +368,13 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
     spc, more = _subject_notes(y, groups, names)
     notes += more
     require_subjects(conformal, groups)
+    if level == "subject":
+        # The folds were made on the slices above: map them, so both levels hold out the very same subjects.
+        rows = subject_rows(fs, pool)
+        folds = subject_folds(folds, rows.inverse, len(rows.fs))
+        notes += rows.notes
+        X, y = np.asarray(rows.fs.X), np.asarray(rows.fs.y, dtype=np.int64)
+        groups = np.asarray(rows.fs.subject, dtype=object)
 
     # ---- fit and score
     inner_groups = protocol != "slice-cv"
@@ -297,7 +392,7 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
             delayed(_fold)(head, X, y, groups, fold, n_jobs=1 if outer_jobs > 1 else n_jobs, **fold_args)
             for fold in folds)
         model, params, more = select_head(head, X, y, groups if inner_groups else None, pca=pca, n_jobs=n_jobs,
-                                          seed=seed, inner_splits=inner_splits)
+                                          seed=seed, inner_splits=inner_splits, n_classes=len(names))
         model, cal_notes = calibrate(model, X, y, groups if inner_groups else None, method=calibration, seed=seed,
                                      inner_splits=inner_splits)
         notes += more + cal_notes
@@ -323,9 +418,16 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
         n_test=int(sum(len(b) for _, b in folds)), leakage=leakage, subjects_per_class=spc, pca=pca,
         n_splits=len(folds), split_seed=seed, fit_seconds=float(fit_s),
         predict_seconds=float(sum(r.pred_s for r in res)),
-        warnings=list(dict.fromkeys(notes)), fold_inner_scores=[float(r.inner) for r in res], folds=folds,
+        warnings=list(dict.fromkeys(notes)), fold_inner_scores=[float(r.inner[SELECTION]) for r in res], folds=folds,
+        fold_inner={m: [float(r.inner[m]) for r in res] for m in INNER_METRICS},
+        level=level_name(level, pool), pooling=pool if level == "subject" else None,
         calibration=calibration, reliability=pool_bins([r.bins for r in res]),
     )
+    if groups is not None:
+        out.subject_oof = _subject_oof(folds, [r.scores for r in res], y, groups, len(names))
+        if n_boot > 0:
+            o = out.subject_oof
+            out.intervals = bootstrap_subjects(o.y, o.scores, None, n_boot=n_boot, seed=seed)
     if conformal:  # the saved model's sets: official reuses the training part's; cv calibrates on all subjects
         out.conformal = res[0].conformal if protocol == "official" else fit_conformal(
             model, X, y, groups, level=conformal, n_classes=len(names), seed=seed)

@@ -12,6 +12,7 @@ import warnings
 from typing import Any, Iterator
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning, UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
@@ -19,7 +20,6 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
-    roc_auc_score,
 )
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -47,12 +47,24 @@ def predict_scores(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+def rank_auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC-AUC along the last axis (Mann-Whitney U, ties averaged: equal to ``roc_auc_score``), for many score rows
+    at once; it is ~100x cheaper than ``roc_auc_score`` per call, which matters inside grid searches and bootstraps."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = positive.sum(axis=-1)
+    n_neg = positive.shape[-1] - n_pos
+    ranks = rankdata(scores, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * positive).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def ovr_auc(y: np.ndarray, scores: np.ndarray) -> float:
     """One-vs-rest macro ROC-AUC over the classes present in ``y`` (NaN when fewer than two are)."""
+    y = np.asarray(y)
     present = np.unique(y)
     if len(present) < 2:
         return float("nan")
-    return float(np.mean([roc_auc_score(y == c, scores[:, c]) for c in present]))
+    return float(np.mean([rank_auc(scores[:, c], y == c) for c in present]))
 
 
 def subject_level(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

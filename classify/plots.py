@@ -63,8 +63,10 @@ def confusion_png(path: str | os.PathLike[str], cm: np.ndarray, class_names: lis
 
 def confusion_name(row: dict[str, Any] | pd.Series) -> str:
     """File name of a report row's confusion matrix PNG."""
-    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "features", "task", "head", "protocol", "calibration")
-             if k not in ("features", "calibration") or str(row.get(k, "") or "") not in ("", "nan")]
+    # features, level and calibration join the name only when not the default, so older names stay as they were
+    parts = [row.get(k, "") for k in ("backbone", "weights", "layers", "features", "task", "head", "protocol", "level",
+                                      "calibration")
+             if k not in ("features", "level", "calibration") or str(row.get(k, "") or "") not in ("", "nan", "slice")]
     return "confusion__" + "__".join(slug(p) for p in parts) + ".png"
 
 
@@ -109,6 +111,8 @@ def summary_png(path: str | os.PathLike[str], df: pd.DataFrame, title: str = "")
         df["model"] = df["model"] + "\n" + df["layers"].astype(str).str.replace("+", "+\n", regex=False)
     if "features" in df and df["features"].fillna("").astype(str).nunique() > 1:
         df["model"] = df["model"] + "\n" + df["features"].fillna("").astype(str).replace("", "default")
+    if "level" in df and df["level"].fillna("slice").astype(str).nunique() > 1:
+        df["model"] = df["model"] + "\n" + df["level"].fillna("slice").astype(str)
     tasks = list(dict.fromkeys(df["task"].astype(str)))
     seen = list(dict.fromkeys(df["head"].astype(str)))
     heads = [h for h in HEAD_ORDER if h in seen] + [h for h in seen if h not in HEAD_ORDER]

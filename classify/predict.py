@@ -3,6 +3,10 @@ ONNX export (.onnx, ``onnx_predict``).
 
 It needs only the model file: the backbone is rebuilt from the spec saved in the bundle and verified against
 the saved weights checksum, so features are computed exactly as they were for training.
+
+A subject-level bundle (``classify.subject_level``) decides per person: ``--by-subject`` is then required, each
+person's readable slices are pooled as in training, and the answer is one row per person. A fused bundle
+(``classify.fusion``) runs every part's backbone and joins their features in training order.
 """
 
 from __future__ import annotations
@@ -155,12 +159,13 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
                   **volume_options: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Predict every image in ``inputs``: a table of file, predicted class, per-class probabilities, error.
 
-    ``by_subject`` (``infer`` or ``regex:PATTERN``) also returns one decision per subject from the mean of its
-    slices' probabilities. Volume files and DICOM folders give one row per scan instead
-    (``classify.volume_predict.predict_scans``, which takes the ``volume_options``). A bundle's backbone runs from
-    the model cards and exports in ``artifacts``'s engines folder (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one
-    matches its weights checksum, else with TF. ``explain`` (a folder; .joblib bundles) writes heatmaps
-    (classify.explain).
+    ``by_subject`` (``folder``: the folder holding a slice is its person; ``infer``; or ``regex:PATTERN``) also
+    returns one decision per subject: from the mean of its slices' probabilities for a slice-level model, from the
+    pooled slice features for a subject-level one (whose slice table then has no per-slice prediction). Volume files
+    and DICOM folders give one row per scan instead (``classify.volume_predict.predict_scans``, which takes the
+    ``volume_options``). A bundle's backbone runs from the model cards and exports in ``artifacts``'s engines folder
+    (``$ALZMRI_ARTIFACTS``, else ./artifacts) when one matches its weights checksum, else with TF. ``explain`` (a
+    folder; .joblib bundles) writes heatmaps (classify.explain).
     """
     at_least("--batch-size", batch_size, 1)
     from featurize.volume_inputs import split_inputs
@@ -185,9 +190,13 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
 
         bundle = load_bundle(path)
         class_names = list(bundle.class_names)
+        if str(getattr(bundle, "level", "slice")).startswith("subject") and not by_subject:
+            _predict_subjects(bundle, [], np.zeros((0, 0)), [], by_subject, log)  # refuses before any feature is computed
         engines = engines_dir(artifacts)
-        X, errors = bundle_features(bundle.backbone, files, batch_size=batch_size, weights=weights, progress=progress,
-                                    engines=engines, log=log)
+        X, errors = _bundle_inputs(bundle, files, batch_size=batch_size, weights=weights, progress=progress,
+                                   engines=engines, log=log)
+        if str(getattr(bundle, "level", "slice")).startswith("subject"):
+            return _predict_subjects(bundle, files, X, errors, by_subject, log)
         probs = np.full((len(files), len(class_names)), np.nan)
         ok = np.array([not e for e in errors])
         if ok.any():
@@ -213,6 +222,53 @@ def predict_paths(model: str | os.PathLike[str], inputs: Sequence[str | os.PathL
     return table, subjects
 
 
+def _bundle_inputs(bundle: Any, files: list[str], **kw: Any) -> tuple[np.ndarray, list[str]]:
+    """The head's input features: the bundle's one backbone, or every part of a fused bundle side by side."""
+    specs = list(getattr(bundle, "parts", ()) or ()) or [bundle.backbone]
+    blocks, errors = [], [""] * len(files)
+    for spec in specs:
+        X, e = bundle_features(spec, files, **kw)
+        blocks.append(X)
+        errors = [a or b for a, b in zip(errors, e)]
+    X = np.hstack(blocks)
+    X[[bool(e) for e in errors]] = np.nan
+    return X, errors
+
+
+def _predict_subjects(bundle: Any, files: list[str], X: np.ndarray, errors: list[str], mode: str | None,
+                      log: Log) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A subject-level bundle: pool each person's readable slices, one decision per person."""
+    from classify.subject_level import pool_for_predict
+
+    if not mode:
+        raise AlzmriError(f"this model decides per person ({bundle.level}); pass --by-subject folder (one folder per "
+                          "person), infer, or regex:PATTERN")
+    subjects = _subject_ids(files, mode)
+    ok = np.array([not e for e in errors])
+    table = pd.DataFrame({"file": files, "subject": subjects, "error": errors})
+    names, rows, counts = pool_for_predict(X, subjects, bundle.pooling, ok)
+    probs = bundle.predict_proba(rows) if len(rows) else np.zeros((0, len(bundle.class_names)))
+    out = pd.DataFrame({"subject": names, "n_slices": counts,
+                        "predicted": [bundle.class_names[int(i)] for i in probs.argmax(axis=1)] if len(rows) else []})
+    for j, c in enumerate(bundle.class_names):
+        out[f"p_{c}"] = np.round(probs[:, j], 4)
+    log(f"{len(out)} subject(s) among {int(ok.sum())} readable slices, each decided from its pooled slices "
+        f"({bundle.pooling.describe()})")
+    return table, out
+
+
+def _subject_ids(files: list[str], mode: str) -> np.ndarray:
+    from featurize.subjects import infer_subjects, subjects_from_regex, thumbnails
+
+    if mode.startswith("regex:"):
+        return np.asarray(subjects_from_regex(files, mode[len("regex:"):]), dtype=object)
+    if mode == "folder":
+        return np.asarray([str(Path(f).parent) for f in files], dtype=object)
+    if mode in ("infer", "auto"):
+        return np.asarray(infer_subjects(thumbnails(files)).labels, dtype=object)
+    raise AlzmriError(f"unknown --by-subject {mode!r}; use folder, infer or regex:PATTERN")
+
+
 def _table(files: list[str], probs: np.ndarray, errors: list[str], class_names: list[str]) -> pd.DataFrame:
     ok = ~np.isnan(probs).any(axis=1)
     pred = np.where(ok, np.array(class_names, dtype=object)[np.nan_to_num(probs).argmax(axis=1)], "")
@@ -225,14 +281,7 @@ def _table(files: list[str], probs: np.ndarray, errors: list[str], class_names: 
 
 def _by_subject(table: pd.DataFrame, files: list[str], probs: np.ndarray, class_names: list[str], mode: str,
                 log: Log) -> pd.DataFrame:
-    from featurize.subjects import infer_subjects, subjects_from_regex, thumbnails
-
-    if mode.startswith("regex:"):
-        subjects = np.asarray(subjects_from_regex(files, mode[len("regex:"):]), dtype=object)
-    elif mode in ("infer", "auto"):
-        subjects = np.asarray(infer_subjects(thumbnails(files)).labels, dtype=object)
-    else:
-        raise AlzmriError(f"unknown --by-subject {mode!r}; use infer or regex:PATTERN")
+    subjects = _subject_ids(files, mode)
     table["subject"] = subjects
     ok = ~np.isnan(probs).any(axis=1)
     rows = []

@@ -1,4 +1,8 @@
-"""``report.csv``: one row per (dataset, backbone, weights, layers, features, task, head, protocol), upserted atomically.
+"""``report.csv``: one row per (dataset, backbone, weights, layers, features, task, head, protocol, level), upserted
+atomically.
+
+``level`` is ``slice`` (a head on slice rows; CNNs too) or ``subject-<pooling>`` (a head on one pooled row per subject,
+``classify.subject_level``). Rows written before the column existed read as ``slice``: they were all slice heads.
 
 ``features`` names the input settings of the cache when they differ from the backbone's defaults (image size,
 pooling, resize, precision; see ``featurize.store.variant_tag``), and is empty otherwise.
@@ -31,11 +35,14 @@ if TYPE_CHECKING:
     from featurize.featureset import FeatureSet
 
 # ``calibration`` is "" for uncalibrated heads (as in reports written before it existed), else sigmoid|isotonic.
-KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol", "calibration")
+KEY = ("dataset", "backbone", "weights", "layers", "features", "task", "head", "protocol", "level", "calibration")
+KEY_DEFAULTS = {"level": "slice"}  # the value of a key column in rows written before it existed
 COLUMNS = KEY + (
     "n_train", "n_test", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std", "macro_f1",
     "macro_f1_std", "roc_auc", "roc_auc_std", "subject_accuracy", "subject_accuracy_std", "subject_balanced_accuracy",
-    "subject_balanced_accuracy_std", "subject_roc_auc", "subject_roc_auc_std", "n_splits", "subjects_per_class",
+    "subject_balanced_accuracy_std", "subject_roc_auc", "subject_roc_auc_std", "subject_accuracy_lo",
+    "subject_accuracy_hi", "subject_balanced_accuracy_lo", "subject_balanced_accuracy_hi", "subject_roc_auc_lo",
+    "subject_roc_auc_hi", "interval_subjects", "subject_pooling", "n_splits", "subjects_per_class",
     "leakage", "chance_balanced_accuracy", "permutation_p", "best_params", "selection", "pca", "fit_seconds",
     "predict_seconds", "featurize_images_per_s", "epochs", "class_names", "confusion", "subject_confusion",
     "fingerprint", "model_path", "created",
@@ -49,7 +56,8 @@ COMPACT = (("dataset", "dataset"), ("backbone", "backbone"), ("weights", "weight
            ("features", "features"), ("task", "task"), ("head", "head"), ("protocol", "protocol"),
            ("calibration", "calib"), ("n_train", "n_train"), ("n_test", "n_test"),
            ("balanced_accuracy", "bal_acc"), ("macro_f1", "macro_f1"), ("roc_auc", "auc"),
-           ("subject_balanced_accuracy", "subj_bal_acc"), ("leakage", "leak"), ("chance_balanced_accuracy", "chance"),
+           ("level", "level"), ("subject_balanced_accuracy", "subj_bal_acc"), ("subject_balanced_accuracy_lo", "95% CI"),
+           ("leakage", "leak"), ("chance_balanced_accuracy", "chance"),
            ("permutation_p", "perm_p"), ("ece", "ece"), ("subject_ece", "subj_ece"), ("coverage", "coverage"),
            ("set_size", "set_size"), ("fit_seconds", "fit_s"))
 
@@ -84,6 +92,8 @@ def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
         if k not in df.columns:
             df[k] = ""
         df[k] = df[k].astype(object).where(df[k].notna(), "").astype(str)
+        if k in KEY_DEFAULTS:
+            df[k] = df[k].where(df[k] != "", KEY_DEFAULTS[k])
     return df
 
 
@@ -142,18 +152,20 @@ def make_row(*, dataset: str, backbone: str, weights: str, layers: str, features
              class_names: Sequence[str], confusion: Any, subject_confusion: Any | None, fingerprint: str,
              model_path: str | os.PathLike[str] | None, pca: int | None = None,
              chance_balanced_accuracy: float | None = None, permutation_p: float | None = None,
-             featurize_images_per_s: float | None = None, epochs: float | None = None,
-             **extra: Any) -> dict[str, Any]:
+             featurize_images_per_s: float | None = None, epochs: float | None = None, level: str = "slice",
+             intervals: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
     """The report.csv row of one evaluation, for heads and end-to-end CNNs alike (one schema, see COLUMNS).
 
     Metric means come in ``metrics``, across-fold spreads in ``std`` (stored as ``<metric>_std``; per-class
-    precision/recall spreads are left out). ``extra`` columns follow ``created`` (the CNNs add ``image_size``).
+    precision/recall spreads are left out). ``intervals`` are the bootstrap columns of ``classify.intervals``.
+    ``extra`` columns follow ``created`` (the CNNs add ``image_size``).
     """
     row: dict[str, Any] = {
         "dataset": dataset, "backbone": backbone, "weights": weights, "layers": layers, "features": features,
-        "task": task, "head": head, "protocol": protocol, "n_train": n_train, "n_test": n_test,
+        "task": task, "head": head, "protocol": protocol, "level": level, "n_train": n_train, "n_test": n_test,
     }
     row.update(metrics)
+    row.update(intervals or {})
     # per-class spreads would double the width for little
     row.update({f"{k}_std": v for k, v in std.items() if not k.startswith(("precision_", "recall_"))})
     row.update({
@@ -180,14 +192,15 @@ def head_row(fs: FeatureSet, res: EvalResult, *, task: str, model_path: str | os
     m = fs.meta
     return make_row(
         dataset=m.get("dataset_id", ""), backbone=m.get("backbone", ""), weights=m.get("weights", ""),
-        layers=m.get("layers", ""), features=variant_tag(m), task=task, head=res.head, protocol=res.protocol,
+        layers=m.get("layers", ""), features=m["fused_features"] if "fused_parts" in m else variant_tag(m), task=task, head=res.head, protocol=res.protocol,
         n_train=res.n_train, n_test=res.n_test, metrics=res.metrics, std=res.std, n_splits=res.n_splits,
         subjects_per_class=res.subjects_per_class, leakage=res.leakage, best_params=res.best_params,
         selection=selection or SELECTION, fit_seconds=res.fit_seconds, predict_seconds=res.predict_seconds,
         class_names=res.class_names, confusion=res.confusion, subject_confusion=res.subject_confusion,
         fingerprint=m.get("fingerprint", ""), model_path=model_path, pca=res.pca,
         chance_balanced_accuracy=res.chance_balanced_accuracy, permutation_p=res.permutation_p,
-        featurize_images_per_s=m.get("featurize_images_per_s"), **trust_columns(res))
+        featurize_images_per_s=m.get("featurize_images_per_s"), level=res.level, intervals=res.intervals,
+        subject_pooling=res.pooling.describe() if res.pooling is not None else "", **trust_columns(res))
 
 
 def trust_columns(res: EvalResult) -> dict[str, Any]:
@@ -222,6 +235,12 @@ def _num(v: Any, std: Any = None, digits: int = 3) -> str:
     return f"{f:.{digits}f}" + (f"±{sd:.{digits}f}" if not math.isnan(sd) else "")
 
 
+def interval(lo: Any, hi: Any, digits: int = 2) -> str:
+    """``[lo, hi]`` with ``digits`` decimals; "" when either end is missing."""
+    a, b = _num(lo, digits=digits), _num(hi, digits=digits)
+    return f"[{a}, {b}]" if a and b else ""
+
+
 def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     df = df.copy()
     if "balanced_accuracy" in df.columns:
@@ -230,8 +249,8 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     # Columns that are the same on every row (one dataset, default layers) are noise in a terminal table.
     # Weights always show: a random-init row must never pass for transfer learning.
     cols = [(c, h) for c, h in COMPACT if c in df.columns and df[c].notna().any()
-            and not (c in ("dataset", "layers", "features", "task", "calibration") and df[c].nunique(dropna=False) <= 1
-                     and len(df) > 1)]
+            and not (c in ("dataset", "layers", "features", "task", "level", "calibration")
+                     and df[c].nunique(dropna=False) <= 1 and len(df) > 1)]
     body = []
     for _, r in df.iterrows():
         line = []
@@ -245,6 +264,8 @@ def _compact(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             elif c in ("balanced_accuracy", "macro_f1", "roc_auc", "subject_balanced_accuracy", "chance_balanced_accuracy",
                        "ece", "subject_ece", "coverage", "set_size"):
                 line.append(_num(r[c], r.get(f"{c}_std")))
+            elif c == "subject_balanced_accuracy_lo":
+                line.append(interval(r[c], r.get("subject_balanced_accuracy_hi")))
             else:
                 line.append("" if pd.isna(r[c]) else str(r[c]))
         body.append(line)
@@ -267,10 +288,11 @@ def format_report(df: pd.DataFrame, fmt: str = "table") -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"alzmri report ({len(df)} rows; bal_acc = balanced accuracy, ± = std over folds)",
+    table = Table(title=f"alzmri report ({len(df)} rows; bal_acc = balanced accuracy, ± = std over folds, "
+                        "95% CI = bootstrap over subjects)",
                   show_lines=False, pad_edge=False)
-    numeric = {"n_train", "n_test", "bal_acc", "macro_f1", "auc", "subj_bal_acc", "leak", "chance", "perm_p", "fit_s",
-               "ece", "subj_ece", "coverage", "set_size"}
+    numeric = {"n_train", "n_test", "bal_acc", "macro_f1", "auc", "subj_bal_acc", "95% CI", "leak", "chance", "perm_p",
+               "fit_s", "ece", "subj_ece", "coverage", "set_size"}
     for h in headers:
         table.add_column(h, justify="right" if h in numeric else "left", no_wrap=True)
     for row in body:

@@ -95,7 +95,7 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
                      pca: int | None | str = "default", log: Log | None = None, layers: str = "all",
                      calibration: str = "none", conformal: float | None = None,
-                     cluster: str | None = None) -> pd.DataFrame:
+                     cluster: str | None = None, level: str = "slice", pooling: str = "meanstd") -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
@@ -103,6 +103,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     requires subjects and draws subject-level confusion matrices (subject metrics are always in the row
     when subjects are known). ``task`` is a label map (``stages``, ``binary`` or ``A=x,B=y,*=z``). ``calibration``
     and ``conformal`` (a level) are fitted inside each training part (classify.calibration, classify.conformal).
+    ``level`` ``subject`` trains on one row per subject, pooled by ``pooling`` (``classify.subject_level``), on the
+    slice heads' outer folds; its bundles decide per person.
     Warnings go to ``log`` (default: stderr) and are also returned in ``df.attrs["warnings"]``; the written
     bundle and plot paths are in ``df.attrs["bundles"]`` and ``df.attrs["plots"]``.
     ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the CV folds on Dask workers
@@ -113,7 +115,11 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     from featurize.store import load
 
     log = log or _stderr_log()
+    from classify.subject_level import SubjectPooling, check_level
+
     check_protocol(protocol)
+    check_level(level)
+    pool = SubjectPooling(pooling)
     names = head_names(heads)
     at_least("--n-jobs", n_jobs, 1)
     at_least("--permutation", permutation, 0)
@@ -141,7 +147,7 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                                   f"{data_root}` or featurize with `--subjects auto`")
             for head in names:
                 res = evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
-                               calibration=calibration, conformal=conformal)
+                               calibration=calibration, conformal=conformal, level=level, pooling=pool)
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
                 path, bundle = bundle_for(fs, res, task=task_name, selection=SELECTION, artifacts=artifacts)
@@ -178,12 +184,19 @@ def _save_with_row(path: Path, bundle: Any, row: dict[str, Any], report: Path) -
                          "space and rerun: the previous models and report rows are intact") from None
 
 
-def report_command(artifacts: str | os.PathLike[str] | None = None, *, fmt: str = "table") -> str:
-    """Re-read report.csv, redraw every confusion matrix and summary chart, and return the formatted report."""
+def report_command(artifacts: str | os.PathLike[str] | None = None, *, fmt: str = "table", view: str = "rows") -> str:
+    """Re-read report.csv, redraw every confusion matrix and summary chart, and return the formatted report
+    (``view`` ``transfer``: the source-domain table of ``classify.transfer`` instead of the rows)."""
+    from classify.transfer import VIEWS, format_transfer, transfer_table
+    from featurize.options import choose
+
+    choose("--view", view, VIEWS)
     path = report_path(artifacts)
     if not path.is_file():
         raise AlzmriError(f"{path}: no report yet; run `alzmri classify --data ROOT` first")
     df = read_report(path)
+    if view == "transfer":
+        return format_transfer(transfer_table(df), fmt)
     for _, row in df.iterrows():
         if row.get("dataset"):
             confusion_from_row(plots_dir(str(row["dataset"]), artifacts) / confusion_name(row), row)

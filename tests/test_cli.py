@@ -18,7 +18,10 @@ from classify.cnn.spec import MODELS
 from classify.heads import HEADS
 from classify.protocols import PROTOCOLS
 from classify.report import FORMATS as REPORT_FORMATS
+from classify.subject_level import LEVELS
+from classify.subject_level import POOLINGS as SUBJECT_POOLINGS
 from classify.sweep import CRITERIA, sweep_lists
+from classify.transfer import VIEWS as REPORT_VIEWS
 from featurize.backbones import BACKBONES, POOLINGS
 from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
@@ -36,10 +39,10 @@ NAMES = tuple(BACKBONES)
 # every command, with the closed sets its --help must list (taken from the library, not from cli.py)
 CHOICES: dict[str, list[tuple[str, ...]]] = {
     "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES, VIEWS],
-    "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS],
-    "report": [REPORT_FORMATS],
+    "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS, LEVELS, SUBJECT_POOLINGS],
+    "report": [REPORT_FORMATS, REPORT_VIEWS],
     "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS],
-    "sweep": [NAMES, (*HEADS, "all"), CRITERIA],
+    "sweep": [NAMES, (*HEADS, "all"), CRITERIA, LEVELS, SUBJECT_POOLINGS],
     "subjects": [],
     "synth": [IMAGE_FORMATS, SPLITS, VOLUME_FORMATS],
     "demo": [NAMES],
@@ -79,6 +82,7 @@ def test_mirrored_names_equal_the_library() -> None:
 
     assert (get_args(cli.View), cli.VOLUME_FORMATS, cli.LABEL_COLUMN, cli.N_SLICES) == (
         tuple(VIEWS), tuple(VOLUME_FORMATS), DEFAULT_LABEL_COLUMN, DEFAULT_N_SLICES)
+    assert (cli.LEVELS, cli.SUBJECT_POOLINGS, cli.REPORT_VIEWS) == (LEVELS, SUBJECT_POOLINGS, REPORT_VIEWS)
 
 
 @pytest.mark.parametrize("args, option", [
