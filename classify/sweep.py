@@ -21,6 +21,7 @@ import pandas as pd
 from featurize.atomic import atomic_path
 from featurize.cluster import on_cluster
 from featurize.errors import AlzmriError
+from featurize.naming import slug
 
 Log = Callable[[str], None]
 CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")
@@ -243,7 +244,9 @@ def sweep_caches(data: str | os.PathLike[str], caches: list[Path], *, heads: lis
                      f"nested estimate of the selection {nested:.3f}")
         path, bundle = bundle_for(best.fs, best.result, task=best.task, selection=selection, artifacts=artifacts)
         save_bundle(path, bundle)
-        best_copy = path.with_name(f"sweep-best__{path.stem.split('__')[0]}__{best.task.replace(':', '-')}.joblib")
+        # the winner's weights are in the name: sweeps over other weights sources keep their own winners
+        best_copy = path.with_name(f"sweep-best__{path.stem.split('__')[0]}__{slug(best.weights)}__"
+                                   f"{best.task.replace(':', '-')}.joblib")
         save_bundle(best_copy, bundle)
         table = sweep_table(ranked)
         out_csv = dataset_dir(ds_id, artifacts) / f"sweep_{task.replace(':', '-').replace('/', '_')}.csv"
