@@ -255,8 +255,8 @@ def _batches(**options: Any) -> Callable[..., Iterator[tuple[np.ndarray, list[st
 
 # The input pipelines compared: featurize's own (first), and the alternatives it was chosen over.
 PIPELINES: dict[str, tuple[str, Callable[..., Iterator[tuple[np.ndarray, list[str]]]]]] = {
-    "current": ("pipeline.image_batches: thread pool at low priority, 2 batches ahead", _batches()),
-    "same-priority": ("the same threads at normal priority", _batches(low_priority=False)),
+    "current": ("pipeline.image_batches: thread pool at normal priority, 2 batches ahead", _batches()),
+    "low-priority": ("the same threads at the lowest priority (nice 19; the default until issue 22)", _batches(low_priority=True)),
     "phased": ("each batch decoded on all cores only when asked for, then inferred", _batches(ahead=0)),
     "tf.data": ("tf.data map over tf.numpy_function, AUTOTUNE, prefetch (the previous pipeline)", tfdata_batches),
 }

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batch_size: int, *,
                   threads: int | None = None, ahead: int = 2,
-                  low_priority: bool = True) -> Iterator[tuple[np.ndarray, list[str]]]:
+                  low_priority: bool = False) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Batches of (uint8 images [B,H,W,3], error strings [B]) in input order, decoded in parallel ahead of the consumer.
 
     Decoding goes through Pillow so that every format (16-bit, palette, CMYK, TIFF) and every broken file is handled
@@ -36,9 +36,9 @@ def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batc
             return np.zeros((h, w, 3), np.uint8), str(exc)
 
     starts = range(0, len(paths), batch_size)
-    # Pillow releases the GIL, so plain threads decode in parallel. They run at the lowest priority: the engine's
-    # threads keep the cores and decoding fills their idle moments (measured against tf.data, and against
-    # same-priority threads decoding ahead or between batches, in docs/benchmarks.md).
+    # Pillow releases the GIL, so plain threads decode in parallel, ahead of the engine, at normal priority. Lowest
+    # priority (nice 19, ``low_priority=True``) was the default once: equal on an idle Xeon, but it lost a third of
+    # the engine on AMD EPYC and starved on shared machines (docs/benchmarks.md, "Input schedule").
     pool = ThreadPoolExecutor(threads or cpu_threads(), thread_name_prefix="alzmri-decode",
                               initializer=_background if low_priority else None)
     try:

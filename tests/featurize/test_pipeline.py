@@ -80,7 +80,7 @@ def test_read_ahead_is_bounded_and_stops_when_the_consumer_stops(tmp_path: Path,
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priority is a Linux feature")
-def test_decoding_threads_yield_the_cores_to_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoding_priority_is_normal_unless_asked_low(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(_slice(tmp_path / "one.png"))
     seen: list[int] = []
     real = pipeline.load_rgb
@@ -92,5 +92,8 @@ def test_decoding_threads_yield_the_cores_to_the_engine(tmp_path: Path, monkeypa
     monkeypatch.setattr(pipeline, "load_rgb", record)
     caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     list(image_batches([path] * 6, (16, 16), "stretch", batch_size=3))
+    assert seen and all(p == caller for p in seen)  # the default: decoding competes with the engine as an equal
+    seen.clear()
+    list(image_batches([path] * 6, (16, 16), "stretch", batch_size=3, low_priority=True))
     assert seen and all(p == 19 for p in seen)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the caller keeps its priority
