@@ -66,6 +66,10 @@ def shared_keras_home(monkeypatch: pytest.MonkeyPatch) -> None:
     if not (KERAS_HOME / "models").is_dir():
         pytest.skip("ImageNet MobileNetV2 weights not present (../shared/keras_home)")
     monkeypatch.setenv("KERAS_HOME", str(KERAS_HOME))
+    # Keras reads KERAS_HOME once, when it is first imported (the session points it at a temp folder): set its copy
+    import keras.src.backend.config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(KERAS_HOME))
 
 
 def _brains(n_subjects: int = 10, slices: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def _cached_probabilities(bundle_file: Path, data: Path, art: Path, files: list[
 def test_an_export_gives_the_bundles_probabilities_and_decisions(trained: tuple[Path, Path, dict[str, Path]],
                                                                  tmp_path: Path, head: str) -> None:
     data, art, bundles = trained
-    res = export_model(bundles[head], tmp_path / "model.onnx")
+    res = export_model(bundles[head], tmp_path / "model.onnx", artifacts=art)
     assert "no TF" in res.backbone_from  # featurize's verified export was reused
     files = expand_inputs([data / "test"])
     got, errors, names = predict_files(res.path, files)
@@ -82,7 +82,7 @@ def test_an_export_without_featurizes_engines_rebuilds_the_backbone_with_tf(trai
     alone.parent.mkdir()
     for p in (bundles["svm"], bundles["svm"].with_name(bundles["svm"].name + ".sig")):
         shutil.copy(p, alone.parent / p.name)
-    res = export_model(alone, tmp_path / "svm.onnx")
+    res = export_model(alone, tmp_path / "svm.onnx", artifacts=tmp_path / "no-engines")  # no card: a TF build
     assert "TF build" in res.backbone_from
     files = expand_inputs([data / "test"])
     got, _, _ = predict_files(res.path, files)
@@ -109,7 +109,7 @@ def _run(script: str, args: list[str], tmp: Path, **env: str) -> tuple[subproces
 def test_predict_on_an_onnx_file_needs_no_tensorflow_bundle_or_key(trained: tuple[Path, Path, dict[str, Path]],
                                                                    tmp_path: Path) -> None:
     data, art, bundles = trained
-    model = export_model(bundles["logreg"], tmp_path / "shared.onnx").path
+    model = export_model(bundles["logreg"], tmp_path / "shared.onnx", artifacts=art).path
     key = tmp_path / "nobody" / "signing.key"
     out, mods = _run("cli.py", ["predict", "--model", str(model), str(data / "test"), "--by-subject", "infer", "--json"],
                      tmp_path, ALZMRI_KEY_FILE=str(key))
@@ -126,7 +126,7 @@ def test_predict_on_an_onnx_file_needs_no_tensorflow_bundle_or_key(trained: tupl
 def test_a_plain_onnx_runtime_script_gives_equal_probabilities(trained: tuple[Path, Path, dict[str, Path]],
                                                                tmp_path: Path) -> None:
     data, art, bundles = trained
-    model = export_model(bundles["mlp"], tmp_path / "m.onnx").path
+    model = export_model(bundles["mlp"], tmp_path / "m.onnx", artifacts=art).path
     files = expand_inputs([data / "test"])
     out, mods = _run("examples/run_onnx.py", [str(model), *files], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -167,7 +167,7 @@ def test_a_mid_layer_bundle_is_cut_out_of_a_multi_choice_export(trained: tuple[P
     df = classify_dataset(data, backbone="mobilenetv2", heads=["logreg"], protocol="official", artifacts=art,
                           progress=False, log=lambda s: None)
     (mid,) = [Path(b) for b in df.attrs["bundles"] if "block_13" in Path(b).name]
-    res = export_model(mid, tmp_path / "mid.onnx")
+    res = export_model(mid, tmp_path / "mid.onnx", artifacts=art)
     assert "no TF" in res.backbone_from and load_onnx(res.path).meta["layers"] == "block_13_expand_relu"
     files = expand_inputs([data / "test"])
     bundle = load_bundle(mid)
