@@ -262,11 +262,16 @@ def baseline(
     data: str = DataOpt,
     model: CnnModel = typer.Option("scratch", "--model", help="scratch: compact CNN, random init; finetune: a pretrained backbone."),
     backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False, help="Backbone for --model finetune."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH (finetune)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x192 finetune)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default per model)."),
-    patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
-    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a weights catalog NAME | PATH (finetune); its preprocessing comes from the catalog."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: scratch 88x104; finetune the weights' native size, 224x224 for MobileNetV2; the slices' own is 176x208)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs, warm-up included (default: scratch 30, finetune 12)."),
+    head_epochs: int = typer.Option(2, "--head-epochs", min=1, help="finetune: warm-up epochs of the new head on the frozen base."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on the balanced accuracy of a validation part of the training subjects."),
+    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm stays frozen, in inference mode)."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0, help="Peak learning rate of the head (both stages) and of the scratch CNN; warm-up then cosine decay."),
+    fine_learning_rate: float = typer.Option(1e-4, "--fine-learning-rate", min=0.0, help="finetune: peak learning rate of the unfrozen base layers (discriminative: below the head's)."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, help="Label smoothing of the cross-entropy (class weights handle the imbalance)."),
+    max_train_minutes: Optional[float] = typer.Option(None, "--max-train-minutes", min=0.0, help="Stop each network after the epoch that would overrun N minutes; rerun to continue from the checkpoint."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     precision: Precision = PrecisionOpt,
     devices: Devices = DevicesOpt,
@@ -278,12 +283,17 @@ def baseline(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
-    from classify.cnn import train_baseline
+    from classify.cnn import BaselineConfig, train_baseline
 
-    res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
-                                      epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
-                                      protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
-                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices))
+    def go() -> Any:
+        cfg = BaselineConfig(model=model, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
+                             head_epochs=head_epochs, patience=patience, unfreeze=unfreeze, learning_rate=learning_rate,
+                             fine_learning_rate=fine_learning_rate, label_smoothing=label_smoothing,
+                             max_train_minutes=max_train_minutes, batch_size=batch_size, protocol=protocol,
+                             subjects=subjects, classes=classes, seed=seed, precision=precision, devices=devices)
+        return train_baseline(data, cfg, artifacts=artifacts, progress=not no_progress, log=_say)
+
+    res = _run(go)
     out.print(res.summary(), highlight=False, markup=False)
 
 

@@ -2,14 +2,17 @@
 JSON sidecar, the training curves and a report row.
 
 Two models: ``scratch`` (a compact CNN from random initialisation on grayscale input at the native 176x208 aspect,
-default 88x104) and ``finetune`` (a pretrained ``featurize.backbones`` backbone with a new head: first the head
-alone on the frozen backbone, then the top ``unfreeze`` layers too at a small learning rate; BatchNorm stays in
-inference mode throughout).
+default 88x104) and ``finetune`` (a pretrained ``featurize.backbones`` backbone with a new head, at the weights'
+native input size and with their preprocessing, both from ``featurize.weights_catalog``: first the head alone on
+the frozen backbone, then the top ``unfreeze`` layers too, at a lower learning rate than the head's; BatchNorm
+stays in inference mode throughout).
 
-Training uses class weights, a validation part carved from train (group-aware when subjects are known), early
-stopping on validation balanced accuracy, keeps the best epoch, checkpoints after every epoch (a rerun with the
-same settings resumes; other settings start over) and stops cleanly when the loss turns NaN. The rows are split by
-``classify.protocols.folds_for`` and scored by ``classify.metrics.compute_metrics``, exactly as for the heads.
+The recipe (issue 20): augmentation for MRI slices inside the model (no vertical flip), class weights for the
+imbalance and label smoothing, a warm-up + cosine schedule per stage, a validation part carved from the training
+rows (by subject when subjects are known) for early stopping on its balanced accuracy; the best epoch is kept.
+Training checkpoints after every epoch (a rerun with the same settings resumes; other settings start over), stops
+cleanly when the loss turns NaN, and after the epoch that would overrun ``max_train_minutes``. The rows are split
+by ``classify.protocols.folds_for`` and scored by ``classify.metrics.compute_metrics``, exactly as for the heads.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from classify.cnn.spec import (
     DEFAULT_EPOCHS,
     DEFAULT_FINE_LR,
     DEFAULT_HEAD_EPOCHS,
+    DEFAULT_LABEL_SMOOTHING,
     DEFAULT_LR,
     DEFAULT_MIN_EPOCHS,
     DEFAULT_SIZE,
@@ -43,7 +47,7 @@ from classify.cnn.spec import (
 )
 from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
 from featurize.atomic import atomic_path
-from featurize.backbones import Backbone, get_backbone, weights_tag
+from featurize.backbones import get_backbone
 from featurize.config import dataset_dir, models_dir, report_path
 from featurize.errors import AlzmriError, DataError
 from featurize.images import RESIZE_MODES, parse_size
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 
     from classify.cnn.train import FitOutcome
     from featurize.dataset import Dataset
+    from featurize.weights_catalog import WeightsChoice
 
 SELECTION = "early stopping on validation balanced_accuracy"
 
@@ -72,6 +77,11 @@ class BaselineConfig:
     ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) select the GPU path
     (``featurize.devices``); ``batch_size`` is the global batch, shared by the replicas. ``folds`` are the outer
     folds of the cv protocols.
+
+    The recipe's knobs: ``image_size`` (None: scratch 88x104, finetune the weights' native size from the weights
+    catalog), ``learning_rate`` (the head's peak rate, both stages; the scratch CNN's), ``fine_learning_rate`` (the
+    unfrozen base's peak rate, at most ``learning_rate``), ``label_smoothing``, and ``max_train_minutes`` (per
+    network and run; None: no limit).
     """
 
     model: str = "scratch"
@@ -92,6 +102,8 @@ class BaselineConfig:
     learning_rate: float | None = None
     fine_learning_rate: float = DEFAULT_FINE_LR
     min_epochs: int | None = None
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    max_train_minutes: float | None = None
     precision: str = "float32"
     devices: str = "auto"
 
@@ -106,8 +118,16 @@ class BaselineConfig:
         sch = self.schedule
         for name, value, low in (("--epochs", sch.epochs, 1), ("--patience", sch.patience, 1),
                                  ("--batch-size", sch.batch_size, 1), ("--unfreeze", self.unfreeze, 0),
-                                 ("folds", self.folds, 2), ("head_epochs", self.n_head_epochs, 1)):
+                                 ("folds", self.folds, 2), ("--head-epochs", self.n_head_epochs, 1)):
             at_least(name, value, low)
+        lr = DEFAULT_LR if self.learning_rate is None else float(self.learning_rate)
+        if not (lr > 0 and 0 < float(self.fine_learning_rate) <= lr):
+            raise AlzmriError(f"--fine-learning-rate {self.fine_learning_rate:g} must be above 0 and at most the head's "
+                              f"--learning-rate {lr:g} (the base learns slower than the new head)")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise AlzmriError(f"--label-smoothing {self.label_smoothing:g} must be in [0, 1)")
+        if self.max_train_minutes is not None and not float(self.max_train_minutes) > 0:
+            raise AlzmriError(f"--max-train-minutes {self.max_train_minutes:g} must be above 0")
         size = self.size
         if self.kind == "scratch" and min(size) < 2 ** len(SCRATCH_BLOCKS):
             raise AlzmriError(f"--image-size {size[0]}x{size[1]} is too small for the scratch CNN ({len(SCRATCH_BLOCKS)} poolings); "
@@ -120,11 +140,19 @@ class BaselineConfig:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) of the network input."""
+        """(width, height) of the network input; for finetune without ``image_size``, the backbone's native size
+        (``size_for`` gives a catalog entry's own)."""
+        if self.image_size is None and self.kind == "finetune":
+            n = get_backbone(self.backbone).input_size
+            return n, n
         try:
-            return parse_size(self.image_size or DEFAULT_SIZE.get(self.kind, DEFAULT_SIZE["scratch"]))
+            return parse_size(self.image_size or DEFAULT_SIZE["scratch"])
         except ValueError as exc:
             raise AlzmriError(str(exc)) from None
+
+    def size_for(self, choice: WeightsChoice | None) -> tuple[int, int]:
+        """The input size with resolved weights: ``image_size``, else (finetune) the weights' native size."""
+        return choice.input_size if self.image_size is None and choice is not None else self.size
 
     @property
     def n_head_epochs(self) -> int:
@@ -138,14 +166,25 @@ class BaselineConfig:
         return Schedule(epochs=DEFAULT_EPOCHS[kind] if self.epochs is None else int(self.epochs),
                         patience=int(self.patience),
                         min_epochs=DEFAULT_MIN_EPOCHS[kind] if self.min_epochs is None else int(self.min_epochs),
-                        batch_size=int(self.batch_size))
+                        batch_size=int(self.batch_size),
+                        max_train_minutes=None if self.max_train_minutes is None else float(self.max_train_minutes))
 
-    def net_spec(self, *, n_classes: int, backbone: Backbone | None, weights_tag: str) -> NetSpec:
-        """The network this config trains on ``n_classes`` classes."""
-        return NetSpec(kind=self.kind, size=self.size, n_classes=n_classes, seed=self.seed, backbone=backbone,
-                       weights=self.weights, weights_tag=weights_tag, unfreeze=self.unfreeze,
+    def weights_choice(self, artifacts: str | os.PathLike[str] | None = None) -> WeightsChoice | None:
+        """The resolved ``weights`` (featurize.weights_catalog) for finetune; None for scratch."""
+        if self.kind == "scratch":
+            return None
+        from featurize.weights_catalog import resolve
+
+        return resolve(self.weights, self.backbone, artifacts=artifacts)
+
+    def net_spec(self, *, n_classes: int, choice: WeightsChoice | None) -> NetSpec:
+        """The network this config trains on ``n_classes`` classes, with the weights ``choice`` (None: scratch)."""
+        return NetSpec(kind=self.kind, size=self.size_for(choice), n_classes=n_classes, seed=self.seed,
+                       backbone=choice.backbone if choice else None, weights=choice.load if choice else "none",
+                       weights_tag=choice.tag if choice else "random-init", unfreeze=self.unfreeze,
                        head_epochs=self.n_head_epochs, lr=DEFAULT_LR if self.learning_rate is None else float(self.learning_rate),
-                       fine_lr=float(self.fine_learning_rate), precision=self.precision, devices=self.devices)
+                       fine_lr=float(self.fine_learning_rate), label_smoothing=float(self.label_smoothing),
+                       preprocess=choice.preprocess if choice else "", precision=self.precision, devices=self.devices)
 
 
 @dataclass
@@ -168,6 +207,7 @@ class BaselineResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     folds: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stopped_by_budget: int = 0  # networks stopped by max_train_minutes (a rerun continues them)
 
     @property
     def row(self) -> dict[str, Any]:
@@ -189,6 +229,9 @@ class BaselineResult:
             lines.append(f"subject level: accuracy {r['subject_accuracy']:.3f}, balanced accuracy {r['subject_balanced_accuracy']:.3f}")
         lines.append(f"{self.epochs_run} epoch(s), best {self.best_epoch}{' (stopped: NaN loss)' if self.diverged else ''}; "
                      f"training {fmt_secs(self.fit_seconds)}, this run {fmt_secs(self.seconds)}")
+        if self.stopped_by_budget:
+            lines.append(f"{self.stopped_by_budget} network(s) stopped at --max-train-minutes: these scores are provisional; "
+                         "rerun the same command to continue training from the checkpoints")
         if self.failed:
             lines.append(f"{len(self.failed)} unreadable file(s) skipped, e.g. {self.failed[0][0]}: {self.failed[0][1]}")
         lines.append(f"model: {self.model_path} (+ {self.sidecar_path.name})")
@@ -212,12 +255,6 @@ class Prepared:
     split_note: str
 
 
-def _backbone(cfg: BaselineConfig) -> tuple[Backbone | None, str]:
-    if cfg.kind == "scratch":
-        return None, "random-init"
-    return get_backbone(cfg.backbone), weights_tag(cfg.weights)
-
-
 def _split_note(cfg: BaselineConfig, *, given: bool, grouped: bool, n_folds: int) -> str:
     if cfg.protocol == "official":
         if given:
@@ -228,14 +265,15 @@ def _split_note(cfg: BaselineConfig, *, given: bool, grouped: bool, n_folds: int
     return f"{n_folds}-fold {kind}, seed {cfg.seed}"
 
 
-def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, *, artifacts: str | os.PathLike[str] | None = None,
-            progress: bool = True, log: Log = _no_log) -> Prepared:
-    """Scan ``data``, resolve subjects, decode every image at the network's size and split the readable rows
-    with ``classify.protocols.folds_for`` (the heads' folds for the same rows and seed)."""
+def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, spec: NetSpec | None = None, *,
+            artifacts: str | os.PathLike[str] | None = None, progress: bool = True, log: Log = _no_log) -> Prepared:
+    """Scan ``data``, resolve subjects, decode every image at the network's size (``spec``'s; None: ``cfg``'s)
+    and split the readable rows with ``classify.protocols.folds_for`` (the heads' folds for the same rows and seed)."""
     from featurize.dataset import class_indices, scan
     from featurize.grouping import resolve_subjects
 
-    bb = get_backbone(cfg.backbone) if cfg.kind == "finetune" else None  # weights were checked by the caller
+    spec = spec or cfg.net_spec(n_classes=0, choice=cfg.weights_choice(artifacts))
+    bb = spec.backbone
     ds = scan(data, cfg.classes)
     for p in ds.problems:
         log(f"warning: {p}")
@@ -244,9 +282,9 @@ def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, *, artifacts: str
     if bb is not None:  # build the base once now so that weight errors come before decoding
         from classify.cnn.models import quiet_build_base
 
-        quiet_build_base(bb, cfg.weights, cfg.size, seed=cfg.seed)
+        quiet_build_base(bb, spec.weights, spec.size, seed=cfg.seed)
     table = ds.table
-    X, errors = decode_images(table["abspath"].tolist(), cfg.size, cfg.resize, gray=cfg.kind == "scratch",
+    X, errors = decode_images(table["abspath"].tolist(), spec.size, cfg.resize, gray=cfg.kind == "scratch",
                               progress=progress)
     bad = np.array([bool(e) for e in errors], dtype=bool)
     failed = [(p, e) for p, e in zip(table["path"], errors) if e]
@@ -280,12 +318,13 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
 
     t_start = time.perf_counter()
     cfg = replace(config, **options) if config is not None else BaselineConfig(**options)
-    bb, wtag = _backbone(cfg)
-    prep = prepare(data, cfg, artifacts=artifacts, progress=progress, log=log)
+    spec = cfg.net_spec(n_classes=0, choice=cfg.weights_choice(artifacts))  # the classes come with the data
+    prep = prepare(data, cfg, spec, artifacts=artifacts, progress=progress, log=log)
     for note in prep.notes:
         log(f"note: {note}")
     ds, img, class_names, folds = prep.ds, prep.images, prep.class_names, prep.folds
-    spec = cfg.net_spec(n_classes=len(class_names), backbone=bb, weights_tag=wtag)
+    spec = replace(spec, n_classes=len(class_names))
+    bb, wtag = spec.backbone, spec.weights_tag
     sch = cfg.schedule
     mdir = models_dir(ds.dataset_id, artifacts)
     ckroot = mdir / f"{spec.name}.ckpt" / cfg.protocol
@@ -299,7 +338,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
                            callbacks=callbacks)
 
     fold_metrics, cms, scms, folds_out = [], [], [], []
-    fit_seconds, t_pred = 0.0, 0.0
+    fit_seconds, t_pred, budget_stops = 0.0, 0.0, 0
     for k, (tr, te) in enumerate(folds, start=1):
         label = f"{spec.name} fold {k}/{len(folds)}" if cv else spec.name
         f = fit(tr, f"fold{k}" if cv else "", f"fold{k}/{len(folds)}" if cv else "official", label)
@@ -312,10 +351,13 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
         cms.append(cm)
         scms.append(scm)
         fit_seconds += f.train_seconds
+        budget_stops += f.stopped_by_budget
         folds_out.append({"fold": k, "n_train": len(tr), "n_test": len(te), "epochs": f.epochs_run, "best_epoch": f.best_epoch,
                           "fit_seconds": f.train_seconds, "diverged_epoch": f.diverged_epoch, **m})
         if cv:
-            log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}")
+            left = fit_seconds / k * (len(folds) - k + 1)  # the other folds and the final model, at this pace
+            log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}; "
+                f"~{fmt_secs(left)} of training left (at most, at this pace)")
             del f
         else:
             final = f
@@ -325,6 +367,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
         log(f"{spec.name}: training the final model on all {len(img)} slices (for predict)")
         final = fit(np.arange(len(img)), "final", "final", f"{spec.name} final")
         fit_seconds += final.train_seconds
+        budget_stops += final.stopped_by_budget
         epochs_col: float | int = float(np.mean([f["epochs"] for f in folds_out]))
     else:
         std = {}
@@ -346,7 +389,11 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
     size = f"{spec.size[0]}x{spec.size[1]}"
     schedule = {"image_size": size, "resize": cfg.resize, "max_epochs": sch.epochs, "patience": sch.patience,
                 "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
-                **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr} if cfg.kind == "finetune" else {})}
+                "label_smoothing": spec.label_smoothing, "schedule": "warmup-cosine",
+                **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr,
+                    "preprocess": spec.preprocess or "keras"} if cfg.kind == "finetune" else {}),
+                # a network stopped by --max-train-minutes: the row is provisional until a rerun finishes it
+                **({"stopped": f"max_train_minutes ({budget_stops} network(s))"} if budget_stops else {})}
     # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
     row = make_row(
         dataset=ds.dataset_id, backbone=bb.name if bb else "scratch", weights=wtag, layers="", features="",
@@ -371,7 +418,7 @@ def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None =
                           epochs_run=final.epochs_run, best_epoch=final.best_epoch, fit_seconds=fit_seconds,
                           seconds=time.perf_counter() - t_start, failed=prep.failed, problems=list(ds.problems),
                           diverged=final.diverged_epoch is not None, resumed_from=final.resumed_from,
-                          history=final.history, folds=folds_out, notes=notes)
+                          history=final.history, folds=folds_out, notes=notes, stopped_by_budget=budget_stops)
 
 
 def _predict(model: Any, X: np.ndarray, batch_size: int) -> np.ndarray:
@@ -410,7 +457,8 @@ def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutco
         "input": "float32 pixel values 0..255, shape (height, width, channels); decode with featurize.images.load_rgb"
                  + (", then ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B)" if spec.channels == 1 else ""),
         "preprocessing": "inside the model: x / 255" if spec.kind == "scratch"
-                         else f"inside the model: keras.applications.{bb.module}.preprocess_input",
+                         else f"inside the model: keras.applications.{bb.module}.preprocess_input" if not spec.preprocess
+                         else f"inside the model: {spec.preprocess} (weights catalog)",
         "custom_objects": "import classify.baseline and call classify.baseline.load_baseline (registers alzmri>BackbonePreprocess)",
         "dataset_id": dataset_id, "protocol": cfg.protocol, "split": split_note, "seed": cfg.seed,
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "val_balanced_accuracy": fit.best_val_bal_acc,
