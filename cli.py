@@ -34,6 +34,7 @@ REPORT_FORMATS = ("table", "csv", "markdown", "json")  # classify.report.FORMATS
 CRITERIA = ("balanced_accuracy", "subject_balanced_accuracy", "roc_auc", "subject_roc_auc")  # classify.sweep.CRITERIA
 IMAGE_FORMATS = ("png", "jpg")  # featurize.synth.FORMATS
 SPLITS = ("slice", "subject")  # featurize.synth.SPLITS
+CURVE_METHODS = ("frozen", "finetune", "scratch")  # classify.curve.METHODS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -295,6 +296,34 @@ def baseline(
 
     res = _run(go)
     out.print(res.summary(), highlight=False, markup=False)
+
+
+@app.command(cls=_Command)
+def curve(
+    data: str = DataOpt,
+    sizes: str = typer.Option("10,20,40,80,all", "--sizes", help="Training subjects per fold (nested sets), 'all' for every one."),
+    methods: str = typer.Option("frozen,finetune,scratch", "--methods", parser=_one_of(CURVE_METHODS), metavar=_metavar(CURVE_METHODS), help="frozen: cached features + --head; finetune; scratch."),
+    head: str = typer.Option("logreg", "--head", parser=_one_of(HEADS), metavar=_metavar(HEADS), help="The frozen-feature head (grid-searched on the training subjects)."),
+    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a weights catalog NAME | PATH (frozen features and finetune)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="CNN epoch budget (default per model, as baseline)."),
+    max_train_minutes: Optional[float] = typer.Option(None, "--max-train-minutes", min=0.0, help="Per network: stop after the epoch that would overrun N minutes; rerun to continue."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for both CNNs (default per model, as baseline)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="subject-cv folds (the same test folds for every method and size)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    artifacts: Optional[str] = ArtifactsOpt,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Frozen features vs fine-tuning vs scratch as training subjects grow: balanced accuracy with 95% intervals (CSV, PNG, report rows)."""
+    from classify.curve import CurveConfig, format_curve, parse_sizes, run_curve
+
+    def go() -> Any:
+        cfg = CurveConfig(sizes=parse_sizes(sizes), methods=tuple(methods.split(",")), head=head, backbone=backbone,
+                          weights=weights, epochs=epochs, max_train_minutes=max_train_minutes, image_size=image_size,
+                          folds=folds, seed=seed)
+        return run_curve(data, cfg, artifacts=artifacts, progress=not no_progress, log=_say)
+
+    out.print(format_curve(_run(go)), highlight=False, markup=False)
 
 
 @app.command(cls=_Command)
