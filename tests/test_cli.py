@@ -79,7 +79,6 @@ def test_baseline_option_defaults_are_the_library_defaults() -> None:
     import inspect
 
     from classify.cnn.run import BaselineConfig
-
     from classify.cnn.spec import DEFAULT_LR
 
     lib = BaselineConfig()
