@@ -424,6 +424,8 @@ def plot_curve(table: pd.DataFrame, path: str | os.PathLike[str], *, n_classes: 
         ax.set_xscale("log", base=2)
         ticks = sorted(set(np.round(table["n_subjects"]).astype(int)))
         ax.set_xticks(ticks, labels=[str(v) for v in ticks])
+        if len(ticks) == 1:  # one size: an auto range would spread the side-by-side offsets across the panel
+            ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
         ax.minorticks_off()
         ax.set_xlabel("training subjects per fold")
         ax.set_title(f"balanced accuracy, {name} (95% bootstrap over test subjects)", fontsize=9)
