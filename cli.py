@@ -44,6 +44,7 @@ N_SLICES = 32  # featurize.volumes.DEFAULT_N_SLICES
 LEVELS = ("slice", "subject")  # classify.subject_level.LEVELS
 SUBJECT_POOLINGS = ("mean", "meanstd", "quantiles")  # classify.subject_level.POOLINGS
 REPORT_VIEWS = ("rows", "transfer")  # classify.transfer.VIEWS
+CURVE_METHODS = ("frozen", "finetune", "scratch")  # classify.curve.METHODS
 
 # Closed sets as Literal types: typer lists them in --help and refuses anything else (exit 2); the library checks
 # them again, since it is an entry point of its own.
@@ -317,11 +318,16 @@ def baseline(
     data: str = DataOpt,
     model: CnnModel = typer.Option("scratch", "--model", help="scratch: compact CNN, random init; finetune: a pretrained backbone."),
     backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False, help="Backbone for --model finetune."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH (finetune)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: 88x104 scratch, 160x192 finetune)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default per model)."),
-    patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on validation balanced accuracy."),
-    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="Top layers to unfreeze in the fine-tune stage."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a weights catalog NAME | PATH (finetune); its preprocessing comes from the catalog."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT (default: scratch 88x104; finetune the weights' native size, 224x224 for MobileNetV2; the slices' own is 176x208)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs, warm-up included (default: scratch 30, finetune 12)."),
+    head_epochs: int = typer.Option(2, "--head-epochs", min=1, help="finetune: warm-up epochs of the new head on the frozen base."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on the balanced accuracy of a validation part of the training subjects."),
+    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm stays frozen, in inference mode)."),
+    learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0, help="Peak learning rate of the head (both stages) and of the scratch CNN; warm-up then cosine decay."),
+    fine_learning_rate: float = typer.Option(1e-4, "--fine-learning-rate", min=0.0, help="finetune: peak learning rate of the unfrozen base layers (discriminative: below the head's)."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, help="Label smoothing of the cross-entropy (class weights handle the imbalance)."),
+    max_train_minutes: Optional[float] = typer.Option(None, "--max-train-minutes", min=0.0, help="Stop each network after the epoch that would overrun N minutes; rerun to continue from the checkpoint."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     precision: Precision = PrecisionOpt,
     devices: Devices = DevicesOpt,
@@ -338,14 +344,47 @@ def baseline(
     volume_index: Optional[int] = VolumeIndexOpt,
 ) -> None:
     """Train an end-to-end CNN (from scratch, or fine-tuned) on the same split and metrics as the heads."""
-    from classify.cnn import train_baseline
+    from classify.cnn import BaselineConfig, train_baseline
 
-    res = _run(lambda: train_baseline(data, model=model, backbone=backbone, weights=weights, image_size=image_size,
-                                      epochs=epochs, patience=patience, unfreeze=unfreeze, batch_size=batch_size,
-                                      protocol=protocol, subjects=subjects, classes=classes, artifacts=artifacts,
-                                      seed=seed, progress=not no_progress, log=_say, precision=precision, devices=devices,
-                                      volumes=_volume_options(view, slices, series, label_column, volume_index)))
+    def go() -> Any:
+        cfg = BaselineConfig(model=model, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
+                             head_epochs=head_epochs, patience=patience, unfreeze=unfreeze, learning_rate=learning_rate,
+                             fine_learning_rate=fine_learning_rate, label_smoothing=label_smoothing,
+                             max_train_minutes=max_train_minutes, batch_size=batch_size, protocol=protocol,
+                             subjects=subjects, classes=classes, seed=seed, precision=precision, devices=devices,
+                             volumes=_volume_options(view, slices, series, label_column, volume_index))
+        return train_baseline(data, cfg, artifacts=artifacts, progress=not no_progress, log=_say)
+
+    res = _run(go)
     out.print(res.summary(), highlight=False, markup=False)
+
+
+@app.command(cls=_Command)
+def curve(
+    data: str = DataOpt,
+    sizes: str = typer.Option("10,20,40,80,all", "--sizes", help="Training subjects per fold (nested sets), 'all' for every one."),
+    methods: str = typer.Option("frozen,finetune,scratch", "--methods", parser=_one_of(CURVE_METHODS), metavar=_metavar(CURVE_METHODS), help="frozen: cached features + --head; finetune; scratch."),
+    head: str = typer.Option("logreg", "--head", parser=_one_of(HEADS), metavar=_metavar(HEADS), help="The frozen-feature head (grid-searched on the training subjects)."),
+    backbone: Backbone = typer.Option("mobilenetv2", "--backbone", "-b", case_sensitive=False),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a weights catalog NAME | PATH (frozen features and finetune)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="CNN epoch budget (default per model, as baseline)."),
+    max_train_minutes: Optional[float] = typer.Option(None, "--max-train-minutes", min=0.0, help="Per network: stop after the epoch that would overrun N minutes; rerun to continue."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for both CNNs (default per model, as baseline)."),
+    folds: int = typer.Option(5, "--folds", min=2, help="subject-cv folds (the same test folds for every method and size)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    artifacts: Optional[str] = ArtifactsOpt,
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Frozen features vs fine-tuning vs scratch as training subjects grow: balanced accuracy with 95% intervals (CSV, PNG, report rows)."""
+    from classify.curve import CurveConfig, format_curve, parse_sizes, run_curve
+
+    def go() -> Any:
+        cfg = CurveConfig(sizes=parse_sizes(sizes), methods=tuple(methods.split(",")), head=head, backbone=backbone,
+                          weights=weights, epochs=epochs, max_train_minutes=max_train_minutes, image_size=image_size,
+                          folds=folds, seed=seed)
+        return run_curve(data, cfg, artifacts=artifacts, progress=not no_progress, log=_say)
+
+    out.print(format_curve(_run(go)), highlight=False, markup=False)
 
 
 @app.command(cls=_Command)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import cli
 from classify.cnn.spec import MODELS
+from classify.curve import METHODS as CURVE_METHODS
 from classify.heads import HEADS
 from classify.protocols import PROTOCOLS
 from classify.report import FORMATS as REPORT_FORMATS
@@ -49,6 +50,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "predict": [VIEWS],
     "weights": [],
     "export": [],
+    "curve": [CURVE_METHODS, HEADS, NAMES],
 }
 
 
@@ -75,14 +77,31 @@ def test_help_lists_the_choices(runner: CliRunner, command: str) -> None:
 
 def test_mirrored_names_equal_the_library() -> None:
     # cli.py repeats these to stay free of scikit-learn and pandas at start-up; they must not drift
-    assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS) == (
-        tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS))
+    assert (cli.HEADS, cli.PROTOCOLS, cli.REPORT_FORMATS, cli.CRITERIA, cli.IMAGE_FORMATS, cli.SPLITS, cli.CURVE_METHODS) == (
+        tuple(HEADS), tuple(PROTOCOLS), tuple(REPORT_FORMATS), tuple(CRITERIA), tuple(IMAGE_FORMATS), tuple(SPLITS),
+        tuple(CURVE_METHODS))
     # the 3-D scan options: choices and the defaults --help shows
     from typing import get_args
 
     assert (get_args(cli.View), cli.VOLUME_FORMATS, cli.LABEL_COLUMN, cli.N_SLICES) == (
         tuple(VIEWS), tuple(VOLUME_FORMATS), DEFAULT_LABEL_COLUMN, DEFAULT_N_SLICES)
     assert (cli.LEVELS, cli.SUBJECT_POOLINGS, cli.REPORT_VIEWS) == (LEVELS, SUBJECT_POOLINGS, REPORT_VIEWS)
+
+
+def test_baseline_option_defaults_are_the_library_defaults() -> None:
+    import inspect
+
+    from classify.cnn.run import BaselineConfig
+    from classify.cnn.spec import DEFAULT_LR
+
+    lib = BaselineConfig()
+    resolved = {"learning_rate": DEFAULT_LR, "head_epochs": lib.n_head_epochs}  # None in the config: the model's default
+    checked = []
+    for name, param in inspect.signature(cli.baseline).parameters.items():
+        if hasattr(lib, name) and param.default.default is not ...:
+            assert param.default.default == resolved.get(name, getattr(lib, name)), name
+            checked.append(name)
+    assert {"fine_learning_rate", "label_smoothing", "unfreeze", "patience", "max_train_minutes"} <= set(checked)
 
 
 @pytest.mark.parametrize("args, option", [

@@ -5,11 +5,11 @@ They share the heads' protocols (``classify.protocols``), metrics (``classify.me
 ``models`` and ``train`` do, and are imported only when a network is built.
 
   spec.py           constants, the network spec and the training schedule
-  keras_objects.py  Keras, and the custom layer and metric (registered for loading)
+  keras_objects.py  Keras, the custom layer and metric (registered for loading), the discriminative-LR Adam
   models.py         the scratch CNN, the fine-tune model, freezing stages, augmentation
   data.py           decoding, the validation carve, class weights, tf.data input, inference
   checkpoint.py     per-epoch checkpoints that a rerun resumes
-  train.py          EpochControl (the per-epoch callback) and fit_network
+  train.py          EpochControl (the per-epoch callback), fit_network and the per-stage optimizer/schedule
   run.py            BaselineConfig and train_baseline
   predict.py        load_baseline and predict_files
 """

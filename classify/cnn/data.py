@@ -79,15 +79,16 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return w
 
 
-def train_dataset(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, batch_size: int, seed: int) -> Any:
-    """A reshuffled-every-epoch tf.data set of (float image, label, sample weight) batches."""
+def train_dataset(X: np.ndarray, y: np.ndarray, w: np.ndarray, *, n_classes: int, batch_size: int, seed: int) -> Any:
+    """A reshuffled-every-epoch tf.data set of (float image, one-hot label, sample weight) batches (one-hot, so
+    that the loss can smooth the labels)."""
     from classify.cnn.keras_objects import tf
 
     n = len(y)
     Xt, yt, wt = tf.constant(X), tf.constant(y.astype(np.int32)), tf.constant(w.astype(np.float32))
 
     def gather(i: Any) -> tuple[Any, Any, Any]:
-        return tf.cast(tf.gather(Xt, i), tf.float32), tf.gather(yt, i), tf.gather(wt, i)
+        return tf.cast(tf.gather(Xt, i), tf.float32), tf.one_hot(tf.gather(yt, i), n_classes), tf.gather(wt, i)
 
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -16,13 +16,21 @@ from featurize.backbones import Backbone, build_base
 
 
 def augmentation(seed: int) -> Any:
-    """Light augmentation on 0..255 pixels: small shifts, rotations (+-10 deg), zoom, brightness. Training only."""
+    """Augmentation for axial MRI slices on 0..255 pixels, active only in training (Keras preprocessing layers
+    inside the model's training path): left-right mirroring, shifts up to 6%, rotations up to +-10 degrees, zoom
+    up to 10%, and intensity jitter (brightness +-10% of the range, contrast +-20%).
+
+    Never a vertical flip: an upside-down axial slice (frontal lobe at the bottom) is no brain a scanner produces,
+    whereas the hemispheres are near mirror images, so a left-right flip is plausible; the black background fills
+    what shifts and rotations uncover, as in the scans."""
     L = keras.layers
     return keras.Sequential([
-        L.RandomTranslation(0.06, 0.06, fill_mode="constant", fill_value=0.0, seed=seed),
-        L.RandomRotation(10 / 360, fill_mode="constant", fill_value=0.0, seed=seed + 1),
-        L.RandomZoom(0.1, fill_mode="constant", fill_value=0.0, seed=seed + 2),
-        L.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed + 3),
+        L.RandomFlip("horizontal", seed=seed),
+        L.RandomTranslation(0.06, 0.06, fill_mode="constant", fill_value=0.0, seed=seed + 1),
+        L.RandomRotation(10 / 360, fill_mode="constant", fill_value=0.0, seed=seed + 2),
+        L.RandomZoom(0.1, fill_mode="constant", fill_value=0.0, seed=seed + 3),
+        L.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed + 4),
+        L.RandomContrast(0.2, value_range=(0.0, 255.0), seed=seed + 5),
     ], name="augment")
 
 
@@ -58,8 +66,14 @@ def quiet_build_base(backbone: Backbone, weights: str, size: tuple[int, int], *,
 
 
 def build_finetune(backbone: Backbone, weights: str, size: tuple[int, int], n_classes: int, *,
-                   seed: int = 0) -> tuple[Any, Any]:
-    """Pretrained base (frozen, called with training=False) plus a new GAP-dropout-softmax head. Returns (model, base)."""
+                   seed: int = 0, preprocess: str = "") -> tuple[Any, Any]:
+    """Pretrained base (frozen, called with training=False) plus a new GAP-dropout-softmax head. Returns (model, base).
+
+    ``preprocess`` is the weights catalog's preprocessing of ``weights`` ("": the architecture's own).
+    BatchNorm stays in inference mode for good (``training=False``), also once the base is unfrozen: its moving
+    statistics are ImageNet's, and re-estimating them from batches of 32 near-identical grey slices would shift
+    every unfrozen layer's input at the first step and undo the warm-up; ``set_stage`` keeps BN's scale and
+    offset frozen too."""
     L = keras.layers
     base = quiet_build_base(backbone, weights, size, seed=seed)
     base.trainable = False
@@ -67,7 +81,7 @@ def build_finetune(backbone: Backbone, weights: str, size: tuple[int, int], n_cl
     w, h = size
     inp = keras.Input((h, w, 3), name="image")
     x = augmentation(seed)(inp)
-    x = BackbonePreprocess(backbone.name, name="preprocess")(x)
+    x = BackbonePreprocess(backbone.name, preprocess, name="preprocess")(x)
     x = base(x, training=False)  # BatchNorm in inference mode, whatever is trainable later
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dropout(0.2, seed=seed, name="head_drop")(x)

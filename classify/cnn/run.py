@@ -2,14 +2,17 @@
 JSON sidecar, the training curves and a report row.
 
 Two models: ``scratch`` (a compact CNN from random initialisation on grayscale input at the native 176x208 aspect,
-default 88x104) and ``finetune`` (a pretrained ``featurize.backbones`` backbone with a new head: first the head
-alone on the frozen backbone, then the top ``unfreeze`` layers too at a small learning rate; BatchNorm stays in
-inference mode throughout).
+default 88x104) and ``finetune`` (a pretrained ``featurize.backbones`` backbone with a new head, at the weights'
+native input size and with their preprocessing, both from ``featurize.weights_catalog``: first the head alone on
+the frozen backbone, then the top ``unfreeze`` layers too, at a lower learning rate than the head's; BatchNorm
+stays in inference mode throughout).
 
-Training uses class weights, a validation part carved from train (group-aware when subjects are known), early
-stopping on validation balanced accuracy, keeps the best epoch, checkpoints after every epoch (a rerun with the
-same settings resumes; other settings start over) and stops cleanly when the loss turns NaN. The rows are split by
-``classify.protocols.folds_for`` and scored by ``classify.metrics.compute_metrics``, exactly as for the heads.
+The recipe (issue 20): augmentation for MRI slices inside the model (no vertical flip), class weights for the
+imbalance and label smoothing, a warm-up + cosine schedule per stage, a validation part carved from the training
+rows (by subject when subjects are known) for early stopping on its balanced accuracy; the best epoch is kept.
+Training checkpoints after every epoch (a rerun with the same settings resumes; other settings start over), stops
+cleanly when the loss turns NaN, and after the epoch that would overrun ``max_train_minutes``. The rows are split
+by ``classify.protocols.folds_for`` and scored by ``classify.metrics.compute_metrics``, exactly as for the heads.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from classify.cnn.data import Images, decode_images
+from classify.cnn.prepare import prepare
 from classify.cnn.spec import (
     DEFAULT_EPOCHS,
     DEFAULT_FINE_LR,
     DEFAULT_HEAD_EPOCHS,
+    DEFAULT_LABEL_SMOOTHING,
     DEFAULT_LR,
     DEFAULT_MIN_EPOCHS,
     DEFAULT_SIZE,
@@ -41,19 +45,18 @@ from classify.cnn.spec import (
     digest,
     fmt_secs,
 )
-from classify.protocols import PROTOCOLS, Fold, aggregate, folds_for, has_split, leaked, subjects_per_class
+from classify.protocols import PROTOCOLS, aggregate, leaked, subjects_per_class
 from featurize.atomic import atomic_path, exclusive
-from featurize.backbones import Backbone, get_backbone, weights_tag
+from featurize.backbones import get_backbone
 from featurize.config import dataset_dir, models_dir, report_path
-from featurize.errors import AlzmriError, DataError
+from featurize.errors import AlzmriError
 from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from classify.cnn.train import FitOutcome
-    from featurize.dataset import Dataset
+    from featurize.weights_catalog import WeightsChoice
 
 SELECTION = "early stopping on validation balanced_accuracy"
 
@@ -72,6 +75,11 @@ class BaselineConfig:
     ``precision`` (``float32|mixed``) and ``devices`` (``auto|one|mirrored``) select the GPU path
     (``featurize.devices``); ``batch_size`` is the global batch, shared by the replicas. ``folds`` are the outer
     folds of the cv protocols.
+
+    The recipe's knobs: ``image_size`` (None: scratch 88x104, finetune the weights' native size from the weights
+    catalog), ``learning_rate`` (the head's peak rate, both stages; the scratch CNN's), ``fine_learning_rate`` (the
+    unfrozen base's peak rate, at most ``learning_rate``), ``label_smoothing``, and ``max_train_minutes`` (per
+    network and run; None: no limit).
     """
 
     model: str = "scratch"
@@ -92,6 +100,8 @@ class BaselineConfig:
     learning_rate: float | None = None
     fine_learning_rate: float = DEFAULT_FINE_LR
     min_epochs: int | None = None
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    max_train_minutes: float | None = None
     precision: str = "float32"
     devices: str = "auto"
     volumes: Any = None  # featurize.volume_featurize.VolumeOptions for 3-D scans (None: its defaults)
@@ -107,8 +117,16 @@ class BaselineConfig:
         sch = self.schedule
         for name, value, low in (("--epochs", sch.epochs, 1), ("--patience", sch.patience, 1),
                                  ("--batch-size", sch.batch_size, 1), ("--unfreeze", self.unfreeze, 0),
-                                 ("folds", self.folds, 2), ("head_epochs", self.n_head_epochs, 1)):
+                                 ("folds", self.folds, 2), ("--head-epochs", self.n_head_epochs, 1)):
             at_least(name, value, low)
+        lr = DEFAULT_LR if self.learning_rate is None else float(self.learning_rate)
+        if not (lr > 0 and 0 < float(self.fine_learning_rate) <= lr):
+            raise AlzmriError(f"--fine-learning-rate {self.fine_learning_rate:g} must be above 0 and at most the head's "
+                              f"--learning-rate {lr:g} (the base learns slower than the new head)")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise AlzmriError(f"--label-smoothing {self.label_smoothing:g} must be in [0, 1)")
+        if self.max_train_minutes is not None and not float(self.max_train_minutes) > 0:
+            raise AlzmriError(f"--max-train-minutes {self.max_train_minutes:g} must be above 0")
         size = self.size
         if self.kind == "scratch" and min(size) < 2 ** len(SCRATCH_BLOCKS):
             raise AlzmriError(f"--image-size {size[0]}x{size[1]} is too small for the scratch CNN ({len(SCRATCH_BLOCKS)} poolings); "
@@ -121,11 +139,19 @@ class BaselineConfig:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) of the network input."""
+        """(width, height) of the network input; for finetune without ``image_size``, the backbone's native size
+        (``size_for`` gives a catalog entry's own)."""
+        if self.image_size is None and self.kind == "finetune":
+            n = get_backbone(self.backbone).input_size
+            return n, n
         try:
-            return parse_size(self.image_size or DEFAULT_SIZE.get(self.kind, DEFAULT_SIZE["scratch"]))
+            return parse_size(self.image_size or DEFAULT_SIZE["scratch"])
         except ValueError as exc:
             raise AlzmriError(str(exc)) from None
+
+    def size_for(self, choice: WeightsChoice | None) -> tuple[int, int]:
+        """The input size with resolved weights: ``image_size``, else (finetune) the weights' native size."""
+        return choice.input_size if self.image_size is None and choice is not None else self.size
 
     @property
     def n_head_epochs(self) -> int:
@@ -139,14 +165,25 @@ class BaselineConfig:
         return Schedule(epochs=DEFAULT_EPOCHS[kind] if self.epochs is None else int(self.epochs),
                         patience=int(self.patience),
                         min_epochs=DEFAULT_MIN_EPOCHS[kind] if self.min_epochs is None else int(self.min_epochs),
-                        batch_size=int(self.batch_size))
+                        batch_size=int(self.batch_size),
+                        max_train_minutes=None if self.max_train_minutes is None else float(self.max_train_minutes))
 
-    def net_spec(self, *, n_classes: int, backbone: Backbone | None, weights_tag: str) -> NetSpec:
-        """The network this config trains on ``n_classes`` classes."""
-        return NetSpec(kind=self.kind, size=self.size, n_classes=n_classes, seed=self.seed, backbone=backbone,
-                       weights=self.weights, weights_tag=weights_tag, unfreeze=self.unfreeze,
+    def weights_choice(self, artifacts: str | os.PathLike[str] | None = None) -> WeightsChoice | None:
+        """The resolved ``weights`` (featurize.weights_catalog) for finetune; None for scratch."""
+        if self.kind == "scratch":
+            return None
+        from featurize.weights_catalog import resolve
+
+        return resolve(self.weights, self.backbone, artifacts=artifacts)
+
+    def net_spec(self, *, n_classes: int, choice: WeightsChoice | None) -> NetSpec:
+        """The network this config trains on ``n_classes`` classes, with the weights ``choice`` (None: scratch)."""
+        return NetSpec(kind=self.kind, size=self.size_for(choice), n_classes=n_classes, seed=self.seed,
+                       backbone=choice.backbone if choice else None, weights=choice.load if choice else "none",
+                       weights_tag=choice.tag if choice else "random-init", unfreeze=self.unfreeze,
                        head_epochs=self.n_head_epochs, lr=DEFAULT_LR if self.learning_rate is None else float(self.learning_rate),
-                       fine_lr=float(self.fine_learning_rate), precision=self.precision, devices=self.devices)
+                       fine_lr=float(self.fine_learning_rate), label_smoothing=float(self.label_smoothing),
+                       preprocess=choice.preprocess if choice else "", precision=self.precision, devices=self.devices)
 
 
 @dataclass
@@ -169,6 +206,7 @@ class BaselineResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     folds: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stopped_by_budget: int = 0  # networks stopped by max_train_minutes (a rerun continues them)
 
     @property
     def row(self) -> dict[str, Any]:
@@ -190,6 +228,9 @@ class BaselineResult:
             lines.append(f"subject level: accuracy {r['subject_accuracy']:.3f}, balanced accuracy {r['subject_balanced_accuracy']:.3f}")
         lines.append(f"{self.epochs_run} epoch(s), best {self.best_epoch}{' (stopped: NaN loss)' if self.diverged else ''}; "
                      f"training {fmt_secs(self.fit_seconds)}, this run {fmt_secs(self.seconds)}")
+        if self.stopped_by_budget:
+            lines.append(f"{self.stopped_by_budget} network(s) stopped at --max-train-minutes: these scores are provisional; "
+                         "rerun the same command to continue training from the checkpoints")
         if self.failed:
             lines.append(f"{len(self.failed)} unreadable file(s) skipped, e.g. {self.failed[0][0]}: {self.failed[0][1]}")
         lines.append(f"model: {self.model_path} (+ {self.sidecar_path.name})")
@@ -199,201 +240,136 @@ class BaselineResult:
         return "\n".join(lines)
 
 
-@dataclass
-class Prepared:
-    """The decoded, labelled rows of a dataset and their protocol folds: everything before training."""
-
-    ds: Dataset
-    table: pd.DataFrame  # the dataset's table, unreadable files dropped, in the order of ``images``
-    images: Images
-    class_names: list[str]
-    failed: list[tuple[str, str]]
-    folds: list[Fold]
-    notes: list[str]
-    split_note: str
-    volumes: dict[str, Any] = field(default_factory=dict)  # a volume dataset's slicing, for predict (sidecar)
-
-
-def _backbone(cfg: BaselineConfig) -> tuple[Backbone | None, str]:
-    if cfg.kind == "scratch":
-        return None, "random-init"
-    return get_backbone(cfg.backbone), weights_tag(cfg.weights)
-
-
-def _split_note(cfg: BaselineConfig, *, given: bool, grouped: bool, n_folds: int) -> str:
-    if cfg.protocol == "official":
-        if given:
-            return "the data's own train/test split"
-        return (f"no train/test split in the data: stratified ~20% hold-out {'by subject' if grouped else 'by slice'}, "
-                f"seed {cfg.seed}")
-    kind = "StratifiedGroupKFold by subject" if cfg.protocol == "subject-cv" else "StratifiedKFold by slice (leaky)"
-    return f"{n_folds}-fold {kind}, seed {cfg.seed}"
-
-
-def prepare(data: str | os.PathLike[str], cfg: BaselineConfig, *, artifacts: str | os.PathLike[str] | None = None,
-            progress: bool = True, log: Log = _no_log) -> Prepared:
-    """Scan ``data``, resolve subjects, decode every image at the network's size and split the readable rows
-    with ``classify.protocols.folds_for`` (the heads' folds for the same rows and seed)."""
-    from featurize.dataset import class_indices, scan
-    from featurize.grouping import resolve_subjects
-    from featurize.volume_featurize import VolumeOptions, holds_volumes, volume_arrays
-
-    bb = get_backbone(cfg.backbone) if cfg.kind == "finetune" else None  # weights were checked by the caller
-    volumes = holds_volumes(data)
-    if not volumes:
-        ds = scan(data, cfg.classes)
-        for p in ds.problems:
-            log(f"warning: {p}")
-        ds.table["subject"] = resolve_subjects(ds, cfg.subjects, artifacts=artifacts, log=log)
-    if bb is not None:  # build the base once now so that weight errors come before decoding
-        from classify.cnn.models import quiet_build_base
-
-        quiet_build_base(bb, cfg.weights, cfg.size, seed=cfg.seed)
-    if volumes:  # every (scan, view, slice) is a row, its subject the scan's
-        ds, X, errors = volume_arrays(data, cfg.volumes or VolumeOptions(), size=cfg.size, resize=cfg.resize,
-                                      gray=cfg.kind == "scratch", classes=cfg.classes, subjects=cfg.subjects,
-                                      artifacts=artifacts, progress=progress)
-        for p in ds.problems:
-            log(f"warning: {p}")
-    else:
-        X, errors = decode_images(ds.table["abspath"].tolist(), cfg.size, cfg.resize, gray=cfg.kind == "scratch",
-                                  progress=progress)
-    class_names = list(ds.class_names)
-    table = ds.table
-    bad = np.array([bool(e) for e in errors], dtype=bool)
-    failed = [(p, e) for p, e in zip(table["path"], errors) if e]
-    for p, e in failed:
-        log(f"skipped {p}: {e}")
-    if failed:
-        log(f"{len(failed)} of {len(table)} files could not be read and were skipped")
-    if bad.all():
-        raise DataError(f"{data}: no image could be read ({len(failed)} failed, e.g. {failed[0][0]}: {failed[0][1]})")
-    X, table = X[~bad], table[~bad].reset_index(drop=True)
-    y = class_indices(table["label"], class_names)
-    subj = table["subject"].to_numpy(dtype=object).astype(str)
-    groups = subj if len(subj) and all(s != "" for s in subj) else None
-    split = table["split"].to_numpy(dtype=object).astype(str)
-    folds, notes = folds_for(cfg.protocol, y=y, groups=groups, split=split, seed=cfg.seed, n_splits=cfg.folds,
-                             class_names=class_names, source=str(data))
-    note = _split_note(cfg, given=has_split(split), grouped=groups is not None, n_folds=len(folds))
-    return Prepared(ds=ds, table=table, images=Images(X, y, groups), class_names=class_names, failed=failed,
-                    folds=folds, notes=notes, split_note=note,
-                    volumes=(cfg.volumes or VolumeOptions()).attrs() if volumes else {})
-
-
 def train_baseline(data: str | os.PathLike[str], config: BaselineConfig | None = None, *,
                    artifacts: str | os.PathLike[str] | None = None, progress: bool = True, log: Log = _no_log,
                    callbacks: Sequence[Any] = (), **options: Any) -> BaselineResult:
     """Train a CNN on the images of ``data`` (``config``, or a ``BaselineConfig`` made of ``options``; options
     given with a config override it), evaluate it under its protocol, and write the model, its sidecar, a
     training-curve PNG and a report row. ``callbacks`` are extra Keras callbacks (used by tests)."""
+
+    t_start = time.perf_counter()
+    cfg = replace(config, **options) if config is not None else BaselineConfig(**options)
+    spec = cfg.net_spec(n_classes=0, choice=cfg.weights_choice(artifacts))  # the classes come with the data
+    # one model file per (dataset, model): a second run of it is refused, never mixed into the same checkpoint
+    from featurize.dataset import dataset_id
+
+    model_file = models_dir(dataset_id(data), artifacts) / f"{spec.name}.keras"
+    with exclusive(model_file.with_name(f".{spec.name}.lock"), what=f"{model_file} (alzmri baseline)"):
+        return _train(data, cfg, spec, artifacts=artifacts, progress=progress, log=log, callbacks=callbacks,
+                      t_start=t_start)
+
+
+def _train(data: str | os.PathLike[str], cfg: BaselineConfig, spec: NetSpec, *,
+           artifacts: str | os.PathLike[str] | None, progress: bool, log: Log, callbacks: Sequence[Any],
+           t_start: float) -> BaselineResult:
+    """``train_baseline`` under its lock."""
     from classify.cnn.train import fit_network
     from classify.metrics import compute_metrics
     from classify.report import make_row, upsert_rows
 
-    t_start = time.perf_counter()
-    cfg = replace(config, **options) if config is not None else BaselineConfig(**options)
-    bb, wtag = _backbone(cfg)
-    # one model file per (dataset, model): a second run of it is refused, never mixed into the same checkpoint
-    from featurize.dataset import dataset_id
+    prep = prepare(data, cfg, spec, artifacts=artifacts, progress=progress, log=log)
+    for note in prep.notes:
+        log(f"note: {note}")
+    ds, img, class_names, folds = prep.ds, prep.images, prep.class_names, prep.folds
+    spec = replace(spec, n_classes=len(class_names))
+    bb, wtag = spec.backbone, spec.weights_tag
+    sch = cfg.schedule
+    mdir = models_dir(ds.dataset_id, artifacts)
+    ckroot = mdir / f"{spec.name}.ckpt" / cfg.protocol
+    common = {"classes": class_names, "resize": cfg.resize, "protocol": cfg.protocol,
+              "files": digest(sorted(zip(prep.table["path"], prep.table["sha1"])))}
+    cv = cfg.protocol != "official"
 
-    name = "scratch__end-to-end" if cfg.kind == "scratch" else f"{bb.name}__fine-tune"  # NetSpec.name
-    model_file = models_dir(dataset_id(data), artifacts) / f"{name}.keras"
-    with exclusive(model_file.with_name(f".{name}.lock"), what=f"{model_file} (alzmri baseline)"):
-        prep = prepare(data, cfg, artifacts=artifacts, progress=progress, log=log)
-        for note in prep.notes:
-            log(f"note: {note}")
-        ds, img, class_names, folds = prep.ds, prep.images, prep.class_names, prep.folds
-        spec = cfg.net_spec(n_classes=len(class_names), backbone=bb, weights_tag=wtag)
-        sch = cfg.schedule
-        mdir = models_dir(ds.dataset_id, artifacts)
-        ckroot = mdir / f"{spec.name}.ckpt" / cfg.protocol
-        common = {"classes": class_names, "resize": cfg.resize, "protocol": cfg.protocol,
-                  "files": digest(sorted(zip(prep.table["path"], prep.table["sha1"])))}
-        cv = cfg.protocol != "official"
+    def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> FitOutcome:
+        return fit_network(spec, sch, img, train_idx=train_idx, ckpt_dir=ckroot / where if where else ckroot,
+                           run_settings={**common, "run": run}, label=label, log=log, progress=progress,
+                           callbacks=callbacks)
 
-        def fit(train_idx: np.ndarray, where: str, run: str, label: str) -> FitOutcome:
-            return fit_network(spec, sch, img, train_idx=train_idx, ckpt_dir=ckroot / where if where else ckroot,
-                               run_settings={**common, "run": run}, label=label, log=log, progress=progress,
-                               callbacks=callbacks)
-
-        fold_metrics, cms, scms, folds_out = [], [], [], []
-        fit_seconds, t_pred = 0.0, 0.0
-        for k, (tr, te) in enumerate(folds, start=1):
-            label = f"{spec.name} fold {k}/{len(folds)}" if cv else spec.name
-            f = fit(tr, f"fold{k}" if cv else "", f"fold{k}/{len(folds)}" if cv else "official", label)
-            t0 = time.perf_counter()
-            probs = _predict(f.model, img.X[te], sch.batch_size)
-            t_pred += time.perf_counter() - t0
-            m, cm, scm = compute_metrics(img.y[te], probs.argmax(axis=1), probs, class_names,
-                                         groups=None if img.groups is None else img.groups[te])
-            fold_metrics.append(m)
-            cms.append(cm)
-            scms.append(scm)
-            fit_seconds += f.train_seconds
-            folds_out.append({"fold": k, "n_train": len(tr), "n_test": len(te), "epochs": f.epochs_run, "best_epoch": f.best_epoch,
-                              "fit_seconds": f.train_seconds, "diverged_epoch": f.diverged_epoch, **m})
-            if cv:
-                log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}")
-                del f
-            else:
-                final = f
-        metrics, std = aggregate(fold_metrics)
+    fold_metrics, cms, scms, folds_out = [], [], [], []
+    fit_seconds, t_pred, budget_stops = 0.0, 0.0, 0
+    for k, (tr, te) in enumerate(folds, start=1):
+        label = f"{spec.name} fold {k}/{len(folds)}" if cv else spec.name
+        f = fit(tr, f"fold{k}" if cv else "", f"fold{k}/{len(folds)}" if cv else "official", label)
+        t0 = time.perf_counter()
+        probs = _predict(f.model, img.X[te], sch.batch_size)
+        t_pred += time.perf_counter() - t0
+        m, cm, scm = compute_metrics(img.y[te], probs.argmax(axis=1), probs, class_names,
+                                     groups=None if img.groups is None else img.groups[te])
+        fold_metrics.append(m)
+        cms.append(cm)
+        scms.append(scm)
+        fit_seconds += f.train_seconds
+        budget_stops += f.stopped_by_budget
+        folds_out.append({"fold": k, "n_train": len(tr), "n_test": len(te), "epochs": f.epochs_run, "best_epoch": f.best_epoch,
+                          "fit_seconds": f.train_seconds, "diverged_epoch": f.diverged_epoch, **m})
         if cv:
-            n_train, n_test = len(img), int(sum(len(b) for _, b in folds))  # as the heads report cv rows
-            log(f"{spec.name}: training the final model on all {len(img)} slices (for predict)")
-            final = fit(np.arange(len(img)), "final", "final", f"{spec.name} final")
-            fit_seconds += final.train_seconds
-            epochs_col: float | int = float(np.mean([f["epochs"] for f in folds_out]))
+            left = fit_seconds / k * (len(folds) - k + 1)  # the other folds and the final model, at this pace
+            log(f"{label}: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}; "
+                f"~{fmt_secs(left)} of training left (at most, at this pace)")
+            del f
         else:
-            std = {}
-            n_train, n_test = len(folds[0][0]), len(folds[0][1])
-            epochs_col = final.epochs_run
-        notes = list(prep.notes)
-        leakage = leaked(img.groups, folds)
-        if leakage:
-            notes.append(f"{cfg.protocol}: {leakage} test subjects also have slices in training: scores are optimistic (leakage)")
-            log(f"note: {notes[-1]}")
+            final = f
+    metrics, std = aggregate(fold_metrics)
+    if cv:
+        n_train, n_test = len(img), int(sum(len(b) for _, b in folds))  # as the heads report cv rows
+        log(f"{spec.name}: training the final model on all {len(img)} slices (for predict)")
+        final = fit(np.arange(len(img)), "final", "final", f"{spec.name} final")
+        fit_seconds += final.train_seconds
+        budget_stops += final.stopped_by_budget
+        epochs_col: float | int = float(np.mean([f["epochs"] for f in folds_out]))
+    else:
+        std = {}
+        n_train, n_test = len(folds[0][0]), len(folds[0][1])
+        epochs_col = final.epochs_run
+    notes = list(prep.notes)
+    leakage = leaked(img.groups, folds)
+    if leakage:
+        notes.append(f"{cfg.protocol}: {leakage} test subjects also have slices in training: scores are optimistic (leakage)")
+        log(f"note: {notes[-1]}")
 
-        model_path = mdir / f"{spec.name}.keras"
-        sidecar_path = model_path.with_suffix(".json")
-        _save_model(final.model, model_path)
-        _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
-                       split_note=prep.split_note, volumes=prep.volumes)
-        from classify.bundle import sign_files
+    model_path = mdir / f"{spec.name}.keras"
+    sidecar_path = model_path.with_suffix(".json")
+    _save_model(final.model, model_path)
+    _write_sidecar(sidecar_path, cfg, spec, final, dataset_id=ds.dataset_id, class_names=class_names,
+                   split_note=prep.split_note, volumes=prep.volumes)
+    from classify.bundle import sign_files
 
-        sign_files(model_path, sidecar_path)  # last: a crash before it leaves a signature that no longer matches
-        curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
+    sign_files(model_path, sidecar_path)  # last: a crash before it leaves a signature that no longer matches
+    curve_path = _draw_curves(final, cfg, spec, dataset_id=ds.dataset_id, artifacts=artifacts, log=log)
 
-        size = f"{spec.size[0]}x{spec.size[1]}"
-        schedule = {"image_size": size, "resize": cfg.resize, "max_epochs": sch.epochs, "patience": sch.patience,
-                    "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
-                    **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr} if cfg.kind == "finetune" else {})}
-        # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
-        row = make_row(
-            dataset=ds.dataset_id, backbone=bb.name if bb else "scratch", weights=wtag, layers="", features="",
-            task="stages", head=spec.head, protocol=cfg.protocol, n_train=n_train, n_test=n_test, metrics=metrics,
-            std=std, n_splits=len(folds),
-            subjects_per_class=None if img.groups is None else subjects_per_class(img.y, img.groups, class_names),
-            leakage=leakage, best_params=schedule, selection=SELECTION, fit_seconds=fit_seconds, predict_seconds=t_pred,
-            epochs=epochs_col, class_names=class_names, confusion=np.sum(cms, axis=0),
-            subject_confusion=None if img.groups is None else np.sum(scms, axis=0), fingerprint=final.fingerprint,
-            model_path=model_path, image_size=size)
-        rpath = report_path(artifacts)
-        upsert_rows(rpath, [row])
-        try:  # the per-dataset summary plot of classify, now with this row
-            from classify.run import regenerate_summary
+    size = f"{spec.size[0]}x{spec.size[1]}"
+    schedule = {"image_size": size, "resize": cfg.resize, "max_epochs": sch.epochs, "patience": sch.patience,
+                "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
+                "label_smoothing": spec.label_smoothing, "schedule": "warmup-cosine",
+                **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr,
+                    "preprocess": spec.preprocess or "keras"} if cfg.kind == "finetune" else {}),
+                # a network stopped by --max-train-minutes: the row is provisional until a rerun finishes it
+                **({"stopped": f"max_train_minutes ({budget_stops} network(s))"} if budget_stops else {})}
+    # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
+    row = make_row(
+        dataset=ds.dataset_id, backbone=bb.name if bb else "scratch", weights=wtag, layers="", features="",
+        task="stages", head=spec.head, protocol=cfg.protocol, n_train=n_train, n_test=n_test, metrics=metrics,
+        std=std, n_splits=len(folds),
+        subjects_per_class=None if img.groups is None else subjects_per_class(img.y, img.groups, class_names),
+        leakage=leakage, best_params=schedule, selection=SELECTION, fit_seconds=fit_seconds, predict_seconds=t_pred,
+        epochs=epochs_col, class_names=class_names, confusion=np.sum(cms, axis=0),
+        subject_confusion=None if img.groups is None else np.sum(scms, axis=0), fingerprint=final.fingerprint,
+        model_path=model_path, image_size=size)
+    rpath = report_path(artifacts)
+    upsert_rows(rpath, [row])
+    try:  # the per-dataset summary plot of classify, now with this row
+        from classify.run import regenerate_summary
 
-            regenerate_summary(artifacts, dataset=ds.dataset_id)
-        except Exception as exc:  # noqa: BLE001 - the plot is a convenience: never lose the trained model over it
-            log(f"warning: could not redraw the summary plot ({type(exc).__name__}: {str(exc)[:100]})")
-        log(f"{spec.name} ({cfg.protocol}): accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
-            f"{final.epochs_run} epoch(s) (best {final.best_epoch}), training {fmt_secs(fit_seconds)}; model {model_path}")
-        return BaselineResult(rows=[row], model_path=model_path, sidecar_path=sidecar_path, curve_path=curve_path, report=rpath,
-                              epochs_run=final.epochs_run, best_epoch=final.best_epoch, fit_seconds=fit_seconds,
-                              seconds=time.perf_counter() - t_start, failed=prep.failed, problems=list(ds.problems),
-                              diverged=final.diverged_epoch is not None, resumed_from=final.resumed_from,
-                              history=final.history, folds=folds_out, notes=notes)
+        regenerate_summary(artifacts, dataset=ds.dataset_id)
+    except Exception as exc:  # noqa: BLE001 - the plot is a convenience: never lose the trained model over it
+        log(f"warning: could not redraw the summary plot ({type(exc).__name__}: {str(exc)[:100]})")
+    log(f"{spec.name} ({cfg.protocol}): accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+        f"{final.epochs_run} epoch(s) (best {final.best_epoch}), training {fmt_secs(fit_seconds)}; model {model_path}")
+    return BaselineResult(rows=[row], model_path=model_path, sidecar_path=sidecar_path, curve_path=curve_path, report=rpath,
+                          epochs_run=final.epochs_run, best_epoch=final.best_epoch, fit_seconds=fit_seconds,
+                          seconds=time.perf_counter() - t_start, failed=prep.failed, problems=list(ds.problems),
+                          diverged=final.diverged_epoch is not None, resumed_from=final.resumed_from,
+                          history=final.history, folds=folds_out, notes=notes, stopped_by_budget=budget_stops)
 
 
 def _predict(model: Any, X: np.ndarray, batch_size: int) -> np.ndarray:
@@ -432,7 +408,8 @@ def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutco
         "input": "float32 pixel values 0..255, shape (height, width, channels); decode with featurize.images.load_rgb"
                  + (", then ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B)" if spec.channels == 1 else ""),
         "preprocessing": "inside the model: x / 255" if spec.kind == "scratch"
-                         else f"inside the model: keras.applications.{bb.module}.preprocess_input",
+                         else f"inside the model: keras.applications.{bb.module}.preprocess_input" if not spec.preprocess
+                         else f"inside the model: {spec.preprocess} (weights catalog)",
         "custom_objects": "import classify.baseline and call classify.baseline.load_baseline (registers alzmri>BackbonePreprocess)",
         "dataset_id": dataset_id, "protocol": cfg.protocol, "split": split_note, "seed": cfg.seed,
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "val_balanced_accuracy": fit.best_val_bal_acc,

@@ -12,20 +12,23 @@ from featurize.backbones import Backbone
 Log = Callable[[str], None]
 
 MODELS = ("scratch", "finetune")
-ARCH_VERSION = 2  # bump when a network definition changes: old checkpoints then start over
+ARCH_VERSION = 3  # bump when a network definition changes: old checkpoints then start over (3: issue 20's recipe)
 SIDECAR_FORMAT = "alzmri-baseline/1"
 
-# Defaults, calibrated on the 5,120-slice Kaggle set (4,097 train: 3,482 fit + 615 validation) on the 2-core CPU:
-# scratch 88x104 ~17 s/epoch idle (~35-90 s when the cores are shared); fine-tune 160x192 ~60 s per head epoch and
-# ~75-115 s per unfrozen epoch. Budgets: scratch <= 30 epochs (~9 min idle), fine-tune 4 + 10 epochs (~15-23 min).
-DEFAULT_SIZE = {"scratch": "88x104", "finetune": "160x192"}
-DEFAULT_EPOCHS = {"scratch": 30, "finetune": 14}
-DEFAULT_HEAD_EPOCHS = 4
+# The recipe (issue 20). Budgets measured on the 5,120-slice Kaggle set on the shared 2-core CPU: see docs/benchmarks.md.
+# Fine-tune input: the weights' native size from featurize.weights_catalog (224x224 for ImageNet MobileNetV2); the
+# scratch CNN keeps half the slices' native 176x208.
+DEFAULT_SIZE = {"scratch": "88x104"}
+DEFAULT_EPOCHS = {"scratch": 30, "finetune": 12}
+DEFAULT_HEAD_EPOCHS = 2  # warm-up of the new head on the frozen base, so that its random init does not send large
+#                         gradients into the pretrained layers once they are unfrozen
 # Early stopping waits this long first: a scratch CNN's validation score (subject-disjoint when subjects are known)
 # is flat and noisy for the first epochs, and patience 3 alone stopped it at epoch 6, barely trained.
 DEFAULT_MIN_EPOCHS = {"scratch": 10, "finetune": 0}
-DEFAULT_LR = 1e-3
-DEFAULT_FINE_LR = 1e-5
+DEFAULT_LR = 1e-3  # the head's peak learning rate (both stages), and the scratch CNN's
+DEFAULT_FINE_LR = 1e-4  # the unfrozen base's peak learning rate: discriminative, 10x below the head's
+DEFAULT_LABEL_SMOOTHING = 0.1
+WARMUP_FRACTION = 0.1  # of each stage's steps: linear warm-up from lr/10 to the peak, then cosine decay to lr/100
 SCRATCH_BLOCKS = ((16, 0.1), (32, 0.1), (64, 0.1), (128, 0.2), (256, 0.2))  # (filters, dropout) per block
 VAL_FRACTION = 0.15
 
@@ -56,6 +59,8 @@ class NetSpec:
     head_epochs: int
     lr: float
     fine_lr: float
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    preprocess: str = ""  # featurize.weights_catalog preprocessing of the weights ("": the architecture's own)
     precision: str = "float32"
     devices: str = "auto"
 
@@ -74,31 +79,38 @@ class NetSpec:
         """The report's ``head`` column."""
         return "end-to-end" if self.kind == "scratch" else "fine-tune"
 
-    def stages(self, epochs: int) -> list[tuple[str, int, float]]:
-        """(stage name, last epoch of the stage (1-based, inclusive), learning rate)."""
+    def stages(self, epochs: int) -> list[tuple[str, int, float, float]]:
+        """(stage name, last epoch of the stage (1-based, inclusive), the head's peak learning rate, the base's).
+
+        ``head``: the new head alone on the frozen base; ``fine``: the top ``unfreeze`` base layers too, at the
+        lower base rate (discriminative learning rates). Each stage has its own warm-up + cosine schedule."""
         if self.kind == "scratch":
-            return [("train", epochs, self.lr)]
-        return [("head", min(self.head_epochs, epochs), self.lr), ("fine", epochs, self.fine_lr)]
+            return [("train", epochs, self.lr, self.lr)]
+        return [("head", min(self.head_epochs, epochs), self.lr, 0.0), ("fine", epochs, self.lr, self.fine_lr)]
 
     def settings(self) -> dict[str, Any]:
         """The settings a checkpoint must match to be resumed."""
         return {"arch_version": ARCH_VERSION, "model": self.kind, "backbone": self.backbone.name if self.backbone else "scratch",
                 "weights": self.weights_tag, "image_size": f"{self.size[0]}x{self.size[1]}", "channels": self.channels,
-                "n_classes": self.n_classes, "seed": self.seed, "lr": self.lr,
+                "n_classes": self.n_classes, "seed": self.seed, "lr": self.lr, "label_smoothing": self.label_smoothing,
+                "schedule": f"warmup{WARMUP_FRACTION:g}-cosine",
                 **({"unfreeze": self.unfreeze, "head_epochs": self.head_epochs, "fine_lr": self.fine_lr,
-                    "schedule": "head-then-fine-from-last"} if self.kind == "finetune" else {}),
+                    "preprocess": self.preprocess or "keras", "stages": "head-then-fine-from-last"}
+                   if self.kind == "finetune" else {}),
                 # only when not the default, so that float32 checkpoints are unchanged
                 **({"precision": _policy(self.precision)} if self.precision != "float32" else {})}
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long to train: the epoch budget, early-stopping patience (never before ``min_epochs``), batch size."""
+    """How long to train: the epoch budget, early-stopping patience (never before ``min_epochs``), batch size, and a
+    wall-clock budget (the checkpoint stays; a rerun continues)."""
 
     epochs: int
     patience: int
     min_epochs: int
     batch_size: int
+    max_train_minutes: float | None = None  # per network and run: stop after the epoch that would overrun it
 
 
 def _policy(precision: str) -> str:

@@ -14,9 +14,9 @@ import numpy as np
 
 from classify.cnn.checkpoint import Checkpoint
 from classify.cnn.data import Images, class_weights, predict_proba, train_dataset, validation_split
-from classify.cnn.keras_objects import BalancedAccuracy, keras
+from classify.cnn.keras_objects import BalancedAccuracy, DiscriminativeAdam, keras
 from classify.cnn.models import build_finetune, build_scratch, set_stage
-from classify.cnn.spec import VAL_FRACTION, Log, NetSpec, Schedule, digest, fmt_secs
+from classify.cnn.spec import VAL_FRACTION, WARMUP_FRACTION, Log, NetSpec, Schedule, digest, fmt_secs
 from featurize.errors import AlzmriError
 
 
@@ -36,6 +36,9 @@ class FitOutcome:
     n_train: int
     n_val: int
     fingerprint: str = ""
+    stopped_by_budget: bool = False
+    train_rows: np.ndarray | None = None  # positions in the data of the fit part
+    val_rows: np.ndarray | None = None  # ... and of the validation part (early stopping), carved from train_idx
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -61,11 +64,13 @@ class EpochControl(keras.callbacks.Callback):
     before ``schedule.min_epochs``). ``state`` is the checkpoint state, updated in place."""
 
     def __init__(self, *, checkpoint: Checkpoint, state: dict[str, Any], stage: str, X_val: np.ndarray,
-                 y_val: np.ndarray, schedule: Schedule, label: str, log: Log, advance: Callable[[int], None]) -> None:
+                 y_val: np.ndarray, schedule: Schedule, label: str, log: Log, advance: Callable[[int], None],
+                 deadline: float | None = None, base_lr: Callable[[], float] | None = None) -> None:
         super().__init__()
         self.ck, self.state, self.stage, self.X_val, self.y_val = checkpoint, state, stage, X_val, y_val
         self.schedule, self.label, self.log, self.advance = schedule, label, log, advance
-        self.diverged = False
+        self.deadline, self.base_lr = deadline, base_lr
+        self.diverged = self.out_of_time = False
         self.t0 = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -99,7 +104,8 @@ class EpochControl(keras.callbacks.Callback):
         dt = time.perf_counter() - self.t0
         rec = {"epoch": e, "stage": self.stage, "loss": float(logs.get("loss", float("nan"))),
                "bal_acc": float(logs.get("bal_acc", float("nan"))), "val_loss": val_loss, "val_bal_acc": val_bal,
-               "seconds": round(dt, 2), "lr": float(np.asarray(self.model.optimizer.learning_rate))}
+               "seconds": round(dt, 2), "lr": float(np.asarray(self.model.optimizer.learning_rate)),
+               "base_lr": self.base_lr() if self.base_lr else 0.0}
         state["history"].append(rec)
         state["epoch"] = e
         state["train_seconds"] = float(state["train_seconds"]) + dt
@@ -118,6 +124,11 @@ class EpochControl(keras.callbacks.Callback):
             self.model.stop_training = True
             self.log(f"{self.label}: no gain in validation balanced accuracy for {sch.patience} epoch(s); early stopping "
                      f"(best epoch {state['best_epoch']})")
+        elif self.deadline is not None and e < sch.epochs and time.monotonic() + dt > self.deadline:
+            # the next epoch would overrun --max-train-minutes: stop here, this epoch is checkpointed
+            self.out_of_time = self.model.stop_training = True
+            self.log(f"{self.label}: stopping after epoch {e}: another epoch (~{fmt_secs(dt)}) would exceed "
+                     f"--max-train-minutes {sch.max_train_minutes:g}; rerun the same command to continue from here")
 
 
 def fit_network(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx: np.ndarray, ckpt_dir: Path,
@@ -163,7 +174,8 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
     else:
         model, base = build_finetune(spec.backbone, spec.weights, spec.size, spec.n_classes, seed=spec.seed)
     cw = class_weights(y[tr], spec.n_classes)
-    train_ds = train_dataset(X[tr], y[tr], cw[y[tr]], batch_size=batch_size, seed=spec.seed + int(state["epoch"]))
+    train_ds = train_dataset(X[tr], y[tr], cw[y[tr]], n_classes=spec.n_classes, batch_size=batch_size,
+                             seed=spec.seed + int(state["epoch"]))
     steps = int(math.ceil(len(tr) / batch_size))
     todo = max(0, epochs - int(state["epoch"]))
     if todo and not state["diverged_epoch"]:
@@ -171,32 +183,46 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
         log(f"{label}: {len(tr)} training / {len(va)} validation slices, epochs {int(state['epoch']) + 1}..{epochs} "
             f"(patience {schedule.patience}{min_note}), batch {batch_size}, {spec.size[0]}x{spec.size[1]} "
             f"{'grayscale' if spec.channels == 1 else 'rgb'}")
+    minutes = schedule.max_train_minutes
+    deadline = None if minutes is None else time.monotonic() + 60.0 * float(minutes)
+    out_of_time = False
     try:
         with progress_bar(todo * steps, f"train {label}", enabled=progress and todo > 0, unit="batch") as advance:
-            for si, (stage, end, lr) in enumerate(spec.stages(epochs)):
+            start = 0
+            for si, (stage, end, lr, base_lr) in enumerate(spec.stages(epochs)):
+                first, start = start, end
                 if si < int(state["stage_index"]) or state["diverged_epoch"]:
                     continue
-                set_stage(base, stage, spec.unfreeze)
-                model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
+                if deadline is not None and state["best_dir"] and time.monotonic() >= deadline:
+                    out_of_time = True
+                    break
+                trainable = set_stage(base, stage, spec.unfreeze)
+                slow = base.trainable_variables if base is not None and trainable else []
+                model.compile(optimizer=stage_optimizer(lr, base_lr, slow=slow, steps=steps * max(1, end - first)),
+                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
                               metrics=[BalancedAccuracy(spec.n_classes)], jit_compile=False)
                 last_stage = state["history"][-1]["stage"] if state["history"] else None
                 if si > int(state["stage_index"]):
                     # fine-tuning continues from where the head stage ended (its weights are in ``model``), with a
-                    # fresh optimizer and patience; the best epoch is still tracked over both stages
+                    # fresh optimizer, schedule and patience; the best epoch is still tracked over both stages
                     state["stage_index"], state["wait"] = si, 0
-                    trainable = set_stage(base, stage, spec.unfreeze)
                     log(f"{label}: stage {stage}: {len(trainable)} weighted layers of the top {spec.unfreeze} unfrozen "
-                        f"(BatchNorm kept frozen), learning rate {lr:g}")
+                        f"(BatchNorm kept frozen, in inference mode), peak learning rates: head {lr:g}, base {base_lr:g}")
                 elif state["last_dir"] and last_stage == stage:
                     ck.restore(model, "last_dir", state, optimizer=True)
                 stop = stage != "head" and int(state["wait"]) >= schedule.patience and int(state["epoch"]) >= schedule.min_epochs
                 if int(state["epoch"]) >= end or stop:
                     continue
+                opt = model.optimizer
                 control = EpochControl(checkpoint=ck, state=state, stage=stage, X_val=X[va], y_val=y[va],
-                                       schedule=schedule, label=label, log=log, advance=advance)
+                                       schedule=schedule, label=label, log=log, advance=advance, deadline=deadline,
+                                       base_lr=(lambda o=opt: float(np.asarray(o.learning_rate)) * o.factor) if slow else None)
                 model.fit(train_ds, initial_epoch=int(state["epoch"]), epochs=end, verbose=0, shuffle=False,
                           callbacks=[control, *callbacks])
                 if control.diverged:
+                    break
+                if control.out_of_time:
+                    out_of_time = True
                     break
     except KeyboardInterrupt:
         raise AlzmriError(f"{label}: interrupted in epoch {int(state['epoch']) + 1}; {int(state['epoch'])} finished epoch(s) are "
@@ -208,9 +234,19 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
         raise AlzmriError(f"{label}: no epoch was trained (epochs={epochs})")
     ck.restore(model, "best_dir", state, optimizer=False)
     set_stage(base, "head", spec.unfreeze)
-    stopped_early = int(state["epoch"]) < epochs and not state["diverged_epoch"]
+    stopped_early = int(state["epoch"]) < epochs and not state["diverged_epoch"] and not out_of_time
     return FitOutcome(model=model, history=list(state["history"]), epochs_run=int(state["epoch"]),
                       best_epoch=int(state["best_epoch"]), best_val_bal_acc=float(state["best_bal_acc"]),
                       train_seconds=float(state["train_seconds"]), diverged_epoch=state["diverged_epoch"],
                       stopped_early=stopped_early, resumed_from=resumed_from, n_train=len(tr), n_val=len(va),
-                      fingerprint=ck.fingerprint)
+                      fingerprint=ck.fingerprint, stopped_by_budget=out_of_time, train_rows=tr, val_rows=va)
+
+
+def stage_optimizer(lr: float, base_lr: float, *, slow: Sequence[Any], steps: int) -> Any:
+    """The optimizer of one stage: Adam at the head's peak ``lr`` and ``base_lr`` for the ``slow`` (unfrozen base)
+    variables, on a one-cycle-like schedule over the stage's ``steps``: a linear warm-up from lr/10 over the first
+    WARMUP_FRACTION of them, then cosine decay to lr/100."""
+    warm = max(1, int(round(WARMUP_FRACTION * steps))) if steps > 1 else 0
+    sched = keras.optimizers.schedules.CosineDecay(lr / 10 if warm else lr, decay_steps=max(1, steps - warm),
+                                                   alpha=0.01, warmup_target=lr if warm else None, warmup_steps=warm)
+    return DiscriminativeAdam(learning_rate=sched, slow=slow, factor=base_lr / lr if slow and lr > 0 else 1.0)

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.cnn.run import BaselineConfig, prepare
+from classify.cnn.prepare import prepare
+from classify.cnn.run import BaselineConfig
 from classify.evaluate import evaluate
 from classify.protocols import PROTOCOLS, aggregate, folds_for, leaked
 from featurize.errors import DataError

@@ -234,7 +234,7 @@ def test_bad_arguments_fail_with_one_line(kaggle_root: Path, artifacts: Path, tm
         train_baseline(kaggle_root, protocol="leave-one-out")
     with pytest.raises(AlzmriError, match="--epochs must be at least 1"):
         train_baseline(kaggle_root, epochs=0)
-    with pytest.raises(WeightsError, match="weights file not found"):
+    with pytest.raises(WeightsError, match="neither a weights name .* nor a file"):
         train_baseline(kaggle_root, model="finetune", weights=str(tmp_path / "nope.h5"))
     with pytest.raises(AlzmriError, match="unknown backbone"):
         train_baseline(kaggle_root, model="finetune", backbone="alexnet")
@@ -244,18 +244,22 @@ def test_config_is_frozen_keyword_only_and_names_no_missing_flags() -> None:
     import dataclasses
 
     cfg = BaselineConfig(model="Fine-Tune", epochs=6)
-    assert cfg.kind == "finetune" and cfg.size == (160, 192)
-    assert (cfg.schedule.epochs, cfg.schedule.min_epochs, cfg.n_head_epochs) == (6, 0, 4)
+    assert cfg.kind == "finetune" and cfg.size == (224, 224)  # MobileNetV2's native input
+    assert (cfg.schedule.epochs, cfg.schedule.min_epochs, cfg.n_head_epochs) == (6, 0, 2)
     assert BaselineConfig().schedule.epochs == 30 and BaselineConfig().schedule.min_epochs == 10
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         BaselineConfig("scratch")  # type: ignore[misc]
-    # the CLI has no --folds or --head-epochs: the messages name the library options
+    # the CLI has no --folds: the message names the library option
     with pytest.raises(AlzmriError, match=r"^folds must be at least 2, not 1$"):
         BaselineConfig(folds=1)
-    with pytest.raises(AlzmriError, match=r"^head_epochs must be at least 1, not 0$"):
+    with pytest.raises(AlzmriError, match=r"^--head-epochs must be at least 1, not 0$"):
         BaselineConfig(head_epochs=0)
+    with pytest.raises(AlzmriError, match="at most the head's --learning-rate"):
+        BaselineConfig(model="finetune", learning_rate=1e-4, fine_learning_rate=1e-3)
+    with pytest.raises(AlzmriError, match="--max-train-minutes 0 must be above 0"):
+        BaselineConfig(max_train_minutes=0)
     with pytest.raises(AlzmriError, match="too small for the scratch CNN"):
         BaselineConfig(image_size="16x16")
 
