@@ -147,18 +147,13 @@ def _from_card(spec: dict[str, Any], size: tuple[int, int], weights: str | None,
     import onnx
     from onnx import helper, numpy_helper
 
-    from classify.predict import _weights_tag
+    from classify.predict import card_settings
     from featurize.engines import load_verified, onnx_path
-    from featurize.errors import WeightsError
     from featurize.modelcard import cards_for
 
-    try:
-        tag = _weights_tag(str(spec["weights"]), weights, str(spec["backbone"]))
-    except WeightsError:
+    settings = card_settings(spec, weights)
+    if settings is None:
         return None
-    settings = {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
-                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision"),
-                "preprocess": spec.get("preprocess") or ""}
     w, h = size
     for card, lo, hi in cards_for(engines, settings, str(spec.get("layers") or "last"), int(spec.get("seed", 0) or 0), "onnx"):
         if card["weights_sha256"] != spec.get("weights_sha256") or load_verified(engines, card["key"], "onnx", 4, (h, w)) is None:

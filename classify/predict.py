@@ -100,6 +100,18 @@ def bundle_features(spec: dict[str, Any], files: list[str], *, batch_size: int =
     return np.concatenate(feats), errors
 
 
+def card_settings(spec: dict[str, Any], weights: str | None) -> dict[str, Any] | None:
+    """The settings a model card of the bundle's backbone ``spec`` is filed under, with the weights given now
+    labelled as featurize labels them (a file by its SHA-256); None when those weights cannot be resolved."""
+    try:
+        tag = _weights_tag(str(spec["weights"]), weights, str(spec["backbone"]))
+    except WeightsError:
+        return None
+    return {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
+            "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision"),
+            "preprocess": spec.get("preprocess") or ""}
+
+
 def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: int,
                        engines: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray] | None:
     """The backbone from the model card and verified ONNX export that featurize left in ``engines`` (no TF), for
@@ -107,13 +119,9 @@ def _forward_from_card(spec: dict[str, Any], weights: str | None, batch_size: in
     was trained on; else None."""
     from featurize.modelcard import cached_forward_for
 
-    try:  # the weights given now, labelled as featurize labels them (a file by its SHA-256)
-        tag = _weights_tag(str(spec["weights"]), weights, str(spec["backbone"]))
-    except WeightsError:
+    settings = card_settings(spec, weights)
+    if settings is None:
         return None
-    settings = {"backbone": spec["backbone"], "weights": tag, "image_size": spec["image_size"],
-                "pooling": spec.get("pooling", "avg"), "precision": spec.get("precision"),
-                "preprocess": spec.get("preprocess") or ""}
     got = cached_forward_for(engines, settings, str(spec.get("layers") or "last"), int(spec.get("seed", 0) or 0), "auto",
                              batch_size)
     if got is None or got[1] != spec.get("weights_sha256"):

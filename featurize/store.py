@@ -8,13 +8,10 @@ the old cache plus the parts written so far, and a rerun resumes from them.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
-from featurize.atomic import atomic_path
+from featurize.atomic import atomic_path, exclusive
 from featurize.errors import CacheError
 from featurize.featureset import FeatureSet
 from featurize.spec import KEYS, FeatureSpec, identity
@@ -288,23 +285,6 @@ def read_parts(journal: Path, *, log: Callable[[str], None] = lambda s: None) ->
 
 @contextlib.contextmanager
 def locked(cache: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a cache; a second writer is refused at once with a message."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = cache.with_name(cache.name + ".lock")
-    fh = open(lock_path, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise CacheError(f"{cache}: another featurize ({holder}) is writing this cache; wait for it to finish, then rerun") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
-        fh.flush()
+    """Hold an exclusive lock on a cache; a second writer is refused at once with a message naming the holder."""
+    with exclusive(cache.with_name(cache.name + ".lock"), what=f"{cache} (featurize)"):
         yield
-    finally:
-        fh.close()

@@ -66,7 +66,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
 def test_second_writer_is_refused_while_the_cache_is_locked(kaggle_root: Path, artifacts: Path) -> None:
     cache = frun.cache_path(kaggle_root, frun.settings_for("mobilenetv2", "none", "32x32", "avg", "stretch", "last"))
     with store.locked(cache):
-        with pytest.raises(CacheError, match="another featurize"):
+        with pytest.raises(CacheError, match=r"\(featurize\): another run \(pid \d+"):
             frun.featurize_dataset(kaggle_root, **FAST)
     assert frun.featurize_dataset(kaggle_root, **FAST).n_computed == 20
 
