@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin
 
-from featurize import store
 from featurize.cluster import THREADS_ENV, ClusterSpec, local_threads, parse_cluster, session, workers_ready
-from featurize.errors import AlzmriError, CacheError, ClusterError
+from featurize.errors import AlzmriError, ClusterError
 from featurize.progress import progress_bar
 from featurize.spec import FeatureSpec
+from featurize.target import PartWriter
 
 OVERHEAD_SHARE = 0.02  # per-task cost allowed per chunk
 MAX_CHUNK = 2048  # images: bounds the work a killed worker loses, and the result size (2048 x 1280 float32 = 10 MB)
@@ -174,47 +174,6 @@ def round_trip(client: Any, n: int = 5) -> float:
     return float(np.median(times))
 
 
-class _Journal:
-    """Finished rows, flushed every ``part_rows`` into each target's journal: the same parts ``run._infer`` writes."""
-
-    def __init__(self, targets: list[Any], dims: list[int], part_rows: int) -> None:
-        self.targets, self.part_rows = targets, part_rows
-        self.bounds = np.cumsum([0, *dims])
-        self.buf: dict[str, list[Any]] = {k: [] for k in ("path", "sha1", "features", "failed_path", "failed_sha1", "failed_reason")}
-
-    def add(self, paths: list[str], shas: list[str], feats: np.ndarray, errs: list[str]) -> None:
-        self.buf["features"].append(feats)
-        for p, s, e in zip(paths, shas, errs):
-            if e:
-                self.buf["failed_path"].append(p)
-                self.buf["failed_sha1"].append(s)
-                self.buf["failed_reason"].append(e)
-            else:
-                self.buf["path"].append(p)
-                self.buf["sha1"].append(s)
-        if len(self.buf["path"]) + len(self.buf["failed_path"]) >= self.part_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        buf, bounds = self.buf, self.bounds
-        if not buf["path"] and not buf["failed_path"]:
-            return
-        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, int(bounds[-1])), np.float32)
-        for k, t in enumerate(self.targets):
-            part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str),
-                              features=np.ascontiguousarray(feats[:, bounds[k]:bounds[k + 1]]),
-                              failed_path=np.array(buf["failed_path"], dtype=str),
-                              failed_sha1=np.array(buf["failed_sha1"], dtype=str),
-                              failed_reason=np.array(buf["failed_reason"], dtype=str))
-            try:
-                store.write_part(t.journal, part)
-            except OSError as exc:
-                raise CacheError(f"{t.journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the batches already saved are intact") from None
-            t.src.add_part(part)
-        for v in buf.values():
-            v.clear()
-
-
 def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any, todo: list[int],
                      settings: dict[str, Any], targets: list[Any], dims: list[int], part_rows: int, progress: bool,
                      log: Any = lambda s: None, *, stall_timeout: float = STALL_TIMEOUT) -> tuple[int, float, str]:
@@ -229,7 +188,7 @@ def infer_on_cluster(cluster: str | ClusterSpec, spec: Any, sha: str, table: Any
     size = FeatureSpec.from_attrs(settings).size
     sub = table.iloc[todo]
     paths, shas, absps = sub["path"].tolist(), sub["sha1"].tolist(), sub["abspath"].tolist()
-    journal = _Journal(targets, dims, part_rows)
+    journal = PartWriter(targets, dims, part_rows)
     name = "alzmri-extractor-" + hashlib.sha1(f"{sha}{spec.layer_tags}{settings}{spec.engine}".encode()).hexdigest()[:12]
     with session(cs) as client:
         threads = workers_ready(client, cs)

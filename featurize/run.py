@@ -24,7 +24,7 @@ from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
 from featurize.progress import progress_bar
 from featurize.spec import FeatureSpec
-from featurize.target import CacheTarget, Sources
+from featurize.target import CacheTarget, PartWriter, Sources
 from featurize.weights_catalog import WeightsChoice
 
 Log = Callable[[str], None]
@@ -327,26 +327,7 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
         total = len(todo)
         batches = lambda: _file_batches(table, todo, size, settings["resize"], batch_size)  # noqa: E731
     total = int(total or 0)
-    bounds = np.cumsum([0, *dims])
-    buf: dict[str, list[Any]] = {"path": [], "sha1": [], "features": [], "failed_path": [], "failed_sha1": [], "failed_reason": []}
-
-    def flush() -> None:
-        if not buf["path"] and not buf["failed_path"]:
-            return
-        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, int(bounds[-1])), np.float32)
-        for k, t in enumerate(targets):
-            part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str),
-                              features=np.ascontiguousarray(feats[:, bounds[k]:bounds[k + 1]]),
-                              failed_path=np.array(buf["failed_path"], dtype=str), failed_sha1=np.array(buf["failed_sha1"], dtype=str),
-                              failed_reason=np.array(buf["failed_reason"], dtype=str))
-            try:
-                store.write_part(t.journal, part)
-            except OSError as exc:
-                raise CacheError(f"{t.journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the batches already saved are intact") from None
-            t.src.add_part(part)
-        for v in buf.values():
-            v.clear()
-
+    writer = PartWriter(targets, dims, part_rows)
     done = 0
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -355,23 +336,13 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
             source = stack.enter_context(contextlib.closing(batches()))
             for images, rows in source:
                 feats = forward(images)
-                good = np.array([e == "" for _, _, e in rows])
-                buf["features"].append(feats[good])
-                for path, sha, e in rows:
-                    if e:
-                        buf["failed_path"].append(path)
-                        buf["failed_sha1"].append(sha)
-                        buf["failed_reason"].append(e)
-                    else:
-                        buf["path"].append(path)
-                        buf["sha1"].append(sha)
+                errs = [e for _, _, e in rows]
+                writer.add([p for p, _, _ in rows], [h for _, h, _ in rows], feats[np.array([e == "" for e in errs])], errs)
                 done += len(rows)
                 advance(len(rows))
-                if len(buf["path"]) + len(buf["failed_path"]) >= part_rows:
-                    flush()
         except KeyboardInterrupt:
-            flush()
+            writer.flush()
             raise AlzmriError(f"interrupted after {done} of {total} images; they are kept, rerun the same command to resume", exit_code=130) from None
-        flush()
+        writer.flush()
     elapsed = time.perf_counter() - t0
     return done, done / elapsed if elapsed > 0 else 0.0

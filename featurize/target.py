@@ -150,3 +150,48 @@ class CacheTarget:
         adopt = bool(self.journal_sha) and not (stale_old or stale_journal)
         self.settings = {**self.settings, "weights_sha256": sha, "weights_sha256_scope": CHECKSUM_SCOPE}
         self.journal = store.open_journal(self.cache, self.settings, adopt=adopt)
+
+
+class PartWriter:
+    """Finished rows, buffered and written every ``part_rows`` images as one journal part per target (its columns of
+    the pass's side-by-side features, widths ``dims``), so an interrupted run loses at most one buffer. The
+    in-process loop (``run._infer``) and the cluster driver (``distributed``) journal through it alike."""
+
+    def __init__(self, targets: list[Any], dims: list[int], part_rows: int) -> None:
+        self.targets, self.part_rows = targets, part_rows
+        self.bounds = np.cumsum([0, *dims])
+        self.buf: dict[str, list[Any]] = {k: [] for k in ("path", "sha1", "features", "failed_path", "failed_sha1", "failed_reason")}
+
+    def add(self, paths: list[str], shas: list[str], feats: np.ndarray, errs: list[str]) -> None:
+        """Buffer one batch: ``feats`` holds the rows of the readable files (``errs`` "") in order."""
+        self.buf["features"].append(feats)
+        for p, s, e in zip(paths, shas, errs):
+            if e:
+                self.buf["failed_path"].append(p)
+                self.buf["failed_sha1"].append(s)
+                self.buf["failed_reason"].append(e)
+            else:
+                self.buf["path"].append(p)
+                self.buf["sha1"].append(s)
+        if len(self.buf["path"]) + len(self.buf["failed_path"]) >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered (nothing when empty) and clear the buffer."""
+        buf, bounds = self.buf, self.bounds
+        if not buf["path"] and not buf["failed_path"]:
+            return
+        feats = np.concatenate(buf["features"]) if buf["features"] else np.zeros((0, int(bounds[-1])), np.float32)
+        for k, t in enumerate(self.targets):
+            part = store.Part(path=np.array(buf["path"], dtype=str), sha1=np.array(buf["sha1"], dtype=str),
+                              features=np.ascontiguousarray(feats[:, bounds[k]:bounds[k + 1]]),
+                              failed_path=np.array(buf["failed_path"], dtype=str),
+                              failed_sha1=np.array(buf["failed_sha1"], dtype=str),
+                              failed_reason=np.array(buf["failed_reason"], dtype=str))
+            try:
+                store.write_part(t.journal, part)
+            except OSError as exc:
+                raise CacheError(f"{t.journal}: cannot write features ({exc.strerror or exc}); free disk space and rerun: the cache and the batches already saved are intact") from None
+            t.src.add_part(part)
+        for v in buf.values():
+            v.clear()

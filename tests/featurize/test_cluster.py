@@ -111,7 +111,7 @@ def test_worker_killed_mid_run_loses_nothing(ref: dict[str, Any], client: Any, t
     client.cluster.scheduler.add_plugin(lost, name=lost.name)  # this very object (register_plugin would send a copy)
     pids = client.run(os.getpid)
     killed: list[str] = []
-    real_add = fdist._Journal.add
+    real_add = fdist.PartWriter.add
 
     def add_then_kill(self: Any, *a: Any) -> None:
         real_add(self, *a)
@@ -121,7 +121,7 @@ def test_worker_killed_mid_run_loses_nothing(ref: dict[str, Any], client: Any, t
             os.kill(pids[busy[0]], signal.SIGKILL)
             killed.append(busy[0])
 
-    monkeypatch.setattr(fdist._Journal, "add", add_then_kill)
+    monkeypatch.setattr(fdist.PartWriter, "add", add_then_kill)
     t0 = time.monotonic()
     res = frun.featurize_dataset(ref["root"], artifacts=_artifacts(ref, tmp_path), cluster="local:2", **FAST)
     client.cluster.scheduler.remove_plugin(lost.name)
