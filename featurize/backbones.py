@@ -6,6 +6,7 @@ Adding a backbone is one line in ``_REGISTRY``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 from dataclasses import dataclass
@@ -94,7 +95,15 @@ def weights_tag(weights: str) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file."""
+    """SHA-256 of a file, hashed once per (file, size, modification time) in a process: resolving weights by name,
+    labelling them and rebuilding the backbone each ask for it, and weights files are tens of MB."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
