@@ -47,62 +47,40 @@ def run_demo(artifacts: str | os.PathLike[str] | None = None, *, backbone: str =
     train a short scratch CNN, and return the report table. ``volumes``: the same on synthetic 3-D NIfTI scans
     (``slices_per_subject`` axial slices cut from each), where a scan is a subject and the official protocol, with
     no split in the data, holds out whole scans."""
+    from classify.cnn import train_baseline
+    from classify.run import classify_dataset, report_command
+    from featurize.config import report_path
+    from featurize.summary import featurize_summary
+
+    art = artifacts_dir(artifacts)
+    extra: dict[str, Any] = {}
     if volumes:
-        return _run_volume_demo(artifacts, backbone=backbone, weights=weights, subjects_per_class=subjects_per_class,
-                                slices_per_scan=slices_per_subject, baseline_epochs=baseline_epochs,
-                                permutation=permutation, image_size=image_size, progress=progress, log=log)
-    from classify.cnn import train_baseline
-    from classify.run import classify_dataset, report_command
-    from featurize.config import report_path
-    from featurize.summary import featurize_summary
-    from featurize.synth import write_dataset
+        from featurize.synth_volumes import write_volume_dataset
+        from featurize.volume_featurize import VolumeOptions
 
-    art = artifacts_dir(artifacts)
-    data = art / "demo" / "synthetic-mri"
-    log(f"[1/5] generating synthetic MRI slices: 4 stages x {subjects_per_class} subjects x {slices_per_subject} slices -> {data}")
-    write_dataset(data, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, fmt="png", split="slice")
-    log(f"[2/5] featurizing with {backbone} ({'ImageNet' if weights == 'imagenet' else weights} weights)")
+        data = art / "demo" / "synthetic-volumes"
+        extra["volumes"] = VolumeOptions(views=("axial",), n_slices=slices_per_subject)
+        log(f"[1/5] generating synthetic 3-D scans (NIfTI): 4 stages x {subjects_per_class} subjects -> {data}")
+        write_volume_dataset(data, fmt="nifti", subjects_per_class=subjects_per_class)
+        log(f"[2/5] featurizing {slices_per_subject} axial slices per scan with {backbone}")
+    else:
+        from featurize.synth import write_dataset
+
+        data = art / "demo" / "synthetic-mri"
+        log(f"[1/5] generating synthetic MRI slices: 4 stages x {subjects_per_class} subjects x {slices_per_subject} slices -> {data}")
+        write_dataset(data, subjects_per_class=subjects_per_class, slices_per_subject=slices_per_subject, fmt="png", split="slice")
+        log(f"[2/5] featurizing with {backbone} ({'ImageNet' if weights == 'imagenet' else weights} weights)")
     res, weights = featurize_or_fall_back(data, backbone=backbone, weights=weights, log=log, image_size=image_size,
-                                          subjects="auto", artifacts=art, progress=progress)
+                                          subjects="auto", artifacts=art, progress=progress, **extra)
     log(featurize_summary(res))
-    log("[3/5] scikit-learn heads on the cached features: official split (leaky, like Kaggle's) and subject-cv (honest)")
+    log("[3/5] scikit-learn heads: hold-out by scan (official) and subject-cv, one subject per scan" if volumes else
+        "[3/5] scikit-learn heads on the cached features: official split (leaky, like Kaggle's) and subject-cv (honest)")
     for protocol in ("official", "subject-cv"):
         classify_dataset(data, backbone=backbone, heads=["logreg", "svm", "mlp"], protocol=protocol, artifacts=art,
                          permutation=permutation if protocol == "subject-cv" else 0, progress=progress, log=log)
-    log(f"[4/5] a compact CNN trained from scratch ({baseline_epochs} epochs)")
+    log(f"[4/5] a compact CNN trained from scratch{' on the same slices' if volumes else ''} ({baseline_epochs} epochs)")
     train_baseline(data, model="scratch", epochs=baseline_epochs, protocol="official", subjects="auto",
-                   artifacts=art, progress=progress, log=log)
-    log("[5/5] report (also in report.csv, with plots)")
-    table = report_command(art, fmt="table")
-    return DemoResult(data=data, weights="imagenet" if weights == "imagenet" else "random-init", table=table, report=report_path(art))
-
-
-def _run_volume_demo(artifacts: str | os.PathLike[str] | None, *, backbone: str, weights: str, subjects_per_class: int,
-                     slices_per_scan: int, baseline_epochs: int, permutation: int, image_size: str | None,
-                     progress: bool, log: Log) -> DemoResult:
-    from classify.cnn import train_baseline
-    from classify.run import classify_dataset, report_command
-    from featurize.config import report_path
-    from featurize.summary import featurize_summary
-    from featurize.synth_volumes import write_volume_dataset
-    from featurize.volume_featurize import VolumeOptions
-
-    art = artifacts_dir(artifacts)
-    data = art / "demo" / "synthetic-volumes"
-    opts = VolumeOptions(views=("axial",), n_slices=slices_per_scan)
-    log(f"[1/5] generating synthetic 3-D scans (NIfTI): 4 stages x {subjects_per_class} subjects -> {data}")
-    write_volume_dataset(data, fmt="nifti", subjects_per_class=subjects_per_class)
-    log(f"[2/5] featurizing {slices_per_scan} axial slices per scan with {backbone}")
-    res, weights = featurize_or_fall_back(data, backbone=backbone, weights=weights, log=log, image_size=image_size,
-                                          subjects="auto", artifacts=art, progress=progress, volumes=opts)
-    log(featurize_summary(res))
-    log("[3/5] scikit-learn heads: hold-out by scan (official) and subject-cv, one subject per scan")
-    for protocol in ("official", "subject-cv"):
-        classify_dataset(data, backbone=backbone, heads=["logreg", "svm", "mlp"], protocol=protocol, artifacts=art,
-                         permutation=permutation if protocol == "subject-cv" else 0, progress=progress, log=log)
-    log(f"[4/5] a compact CNN trained from scratch on the same slices ({baseline_epochs} epochs)")
-    train_baseline(data, model="scratch", epochs=baseline_epochs, protocol="official", subjects="auto",
-                   artifacts=art, progress=progress, log=log, volumes=opts)
+                   artifacts=art, progress=progress, log=log, **extra)
     log("[5/5] report (also in report.csv, with plots)")
     table = report_command(art, fmt="table")
     return DemoResult(data=data, weights="imagenet" if weights == "imagenet" else "random-init", table=table, report=report_path(art))
