@@ -33,6 +33,7 @@ from featurize.atomic import atomic_path
 from featurize.naming import slug
 from featurize.options import choose
 from featurize.pipeline import cpu_threads
+from featurize.timing import phase
 
 Forward = Callable[[np.ndarray], np.ndarray]
 Log = Callable[[str], None]
@@ -151,21 +152,27 @@ def _onnx_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, 
         path = onnx_path(folder, key or model.name)
         if path.is_file():
             try:
-                forward = load_runtime(path, runtime, batch_size, (h, w), threads)
-                # TF's answer on the check inputs was stored when this file was verified: no TF call on a reuse
-                ref = _stored_reference(path)
-                if ref is None:
-                    ref = reference_features(model, preprocess, inputs)
-                err = relative_error(forward(inputs), ref)
+                with phase("compile"):
+                    forward = load_runtime(path, runtime, batch_size, (h, w), threads)
+                with phase("check"):
+                    # TF's answer on the check inputs was stored when this file was verified: no TF call on a reuse
+                    ref = _stored_reference(path)
+                    if ref is None:
+                        ref = reference_features(model, preprocess, inputs)
+                    err = relative_error(forward(inputs), ref)
                 if err <= tolerance:
                     return forward
                 log(f"engine {runtime}: cached export {path.name} disagrees with TF (relative error {err:.1e}); re-exporting")
             except Exception as exc:  # noqa: BLE001 - any unreadable cached file is simply re-exported
                 log(f"engine {runtime}: cached export {path.name} unreadable ({type(exc).__name__}); re-exporting")
-        ref = reference_features(model, preprocess, inputs)
-        export_onnx(model, preprocess, path)
-        forward = load_runtime(path, runtime, batch_size, (h, w), threads)
-        err = relative_error(forward(inputs), ref)
+        with phase("check"):
+            ref = reference_features(model, preprocess, inputs)
+        with phase("export"):
+            export_onnx(model, preprocess, path)
+        with phase("compile"):
+            forward = load_runtime(path, runtime, batch_size, (h, w), threads)
+        with phase("check"):
+            err = relative_error(forward(inputs), ref)
         if err > tolerance:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -201,8 +208,10 @@ def load_verified(cache_dir: str | os.PathLike[str], key: str, runtime: str, bat
     if ref is None:
         return None
     try:
-        forward = load_runtime(path, runtime, batch_size, hw, threads)
-        ok = relative_error(forward(check_inputs(*hw)), ref) <= tolerance
+        with phase("compile"):
+            forward = load_runtime(path, runtime, batch_size, hw, threads)
+        with phase("check"):
+            ok = relative_error(forward(check_inputs(*hw)), ref) <= tolerance
     except Exception:  # noqa: BLE001 - any doubt means the normal, verified path
         return None
     return forward if ok else None

@@ -15,6 +15,7 @@ from featurize.backbones import Backbone, build_base, feature_model, prefix_chec
 from featurize.config import engines_dir
 from featurize.engines import Forward
 from featurize.spec import FeatureSpec
+from featurize.timing import phase
 
 Log = Callable[[str], None]
 
@@ -62,7 +63,10 @@ def from_tf(spec: ModelSpec, log: Log) -> FeatureModel:
     """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
     from featurize import devices, modelcard
     from featurize.engines import engine_key, is_light, make_engine
+    from featurize.tfquiet import import_tensorflow
 
+    with phase("import"):  # the first TF import of a run: here, before the devices are asked for
+        import_tensorflow()
     st = spec.settings
     strategy = devices.make_strategy(spec.devices)
     model, preprocess, dims, sha, legacy = devices.build_feature_model(
@@ -90,17 +94,20 @@ def build(bb: Backbone, weights: str, settings: dict[str, Any], choices: list[st
     backbone's weights checksum, and per choice the legacy checksums that identify the same weights."""
     from featurize.tfquiet import import_tensorflow
 
-    import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
-    import keras
+    with phase("import"):
+        import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
+        import keras
 
     from featurize.weights_catalog import preprocess_fn
 
     fspec = FeatureSpec.from_attrs(settings)
-    base = build_base(bb, weights, fspec.size, seed=seed)
-    heads = [feature_model(base, resolve_layers(bb, c), fspec.pooling, prefix=f"c{i}_" if i else "")
-             for i, c in enumerate(choices)]
+    with phase("build"):
+        base = build_base(bb, weights, fspec.size, seed=seed)
+        heads = [feature_model(base, resolve_layers(bb, c), fspec.pooling, prefix=f"c{i}_" if i else "")
+                 for i, c in enumerate(choices)]
     dims = [int(m.output.shape[-1]) for m in heads]
-    prefixes = prefix_checksums(base)  # one pass over the weights serves the checksum and the legacy ones
+    with phase("checksum"):
+        prefixes = prefix_checksums(base)  # one pass over the weights serves the checksum and the legacy ones
     sha = prefixes[-1]
     legacy = [frozenset(prefixes[len(m.weights) - 1:]) for m in heads]
     if len(heads) == 1:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
-from featurize import store
+from featurize import store, timing
 from featurize.backbones import layers_tag, resolve_layers
 from featurize.config import features_dir
 from featurize.dataset import Dataset, scan
@@ -44,6 +44,7 @@ class FeaturizeResult:
     seconds: float
     problems: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (``featurize.timing``)
 
 
 def settings_for(backbone: str | None, weights: str, image_size: str | None, pooling: str, resize: str, layers: str,
@@ -146,16 +147,18 @@ def featurize_layers(
     bb = choice.backbone
     vopts = volumes if volumes is not None else VolumeOptions()
     t0 = time.perf_counter()
-    job = volume_job(data, vopts, classes=classes, subjects=subjects, artifacts=artifacts) if holds_volumes(data) else None
-    if job is not None and cluster:
-        raise AlzmriError(f"{data}: --cluster runs 2-D image files; 3-D scans are featurized in-process (drop --cluster)")
-    if job is None:
-        ds = scan(data, classes)
-        from featurize.grouping import resolve_subjects
+    timing.start()
+    with timing.phase("scan"):
+        job = volume_job(data, vopts, classes=classes, subjects=subjects, artifacts=artifacts) if holds_volumes(data) else None
+        if job is not None and cluster:
+            raise AlzmriError(f"{data}: --cluster runs 2-D image files; 3-D scans are featurized in-process (drop --cluster)")
+        if job is None:
+            ds = scan(data, classes)
+            from featurize.grouping import resolve_subjects
 
-        ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
-        table = ds.table
-        keys = list(zip(table["path"], table["sha1"]))
+            ds.table["subject"] = resolve_subjects(ds, subjects, artifacts=artifacts, log=log)
+            table = ds.table
+            keys = list(zip(table["path"], table["sha1"]))
     ds_id = job.dataset_id if job else ds.dataset_id
     targets = [CacheTarget(st, features_dir(ds_id, artifacts) / store.cache_name(st)) for st in settings_list]
 
@@ -211,8 +214,12 @@ def featurize_layers(
             ds = job.dataset(targets)
             keys = list(zip(ds.table["path"], ds.table["sha1"]))
         results = []
-        for t in targets:
-            results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0, vopts.attrs() if job else None))
+        with timing.phase("write"):
+            for t in targets:
+                results.append(_finish(t, ds, data, keys, n_computed, rate, seed, t0, vopts.attrs() if job else None))
+    phases = timing.taken()
+    for r in results:
+        r.phases = phases
     return results
 
 
@@ -322,7 +329,8 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
     scans, about ``total`` of them). Returns (count, images/s).
     """
     size = FeatureSpec.from_attrs(settings).size
-    forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))  # warm-up: trace and allocate once
+    with timing.phase("compile"):  # warm-up: trace (TF) and allocate once, outside the loop's rate
+        forward(np.zeros((batch_size, size[1], size[0], 3), np.uint8))
     if batches is None:
         total = len(todo)
         batches = lambda: _file_batches(table, todo, size, settings["resize"], batch_size)  # noqa: E731
@@ -330,7 +338,7 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
     writer = PartWriter(targets, dims, part_rows)
     done = 0
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
+    with timing.phase("loop"), contextlib.ExitStack() as stack:
         advance = stack.enter_context(progress_bar(total, f"featurize {settings['backbone']}", enabled=progress))
         try:
             source = stack.enter_context(contextlib.closing(batches()))

@@ -15,6 +15,10 @@ def featurize_summary(res: FeaturizeResult, max_listed: int = 20, with_subjects:
         + f", {res.seconds:.1f} s in all",
         f"cache: {res.cache}",
     ]
+    if "build" in res.phases:  # the model was built with TF: say where the first run's time went
+        from featurize.timing import describe
+
+        lines.append(f"time (model built with TensorFlow this run): {describe(res.phases)}")
     if res.failed:
         lines.append(f"skipped {len(res.failed)} unreadable file(s):")
         lines += [f"  {p}: {r}" for p, r in res.failed[:max_listed]]

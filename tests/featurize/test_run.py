@@ -15,6 +15,7 @@ from featurize import extractor
 from featurize import run as frun
 from featurize.dataset import scan
 from featurize.errors import AlzmriError, CacheError, DataError
+from featurize.summary import featurize_summary
 from tests.conftest import write_images
 from tests.helpers import assert_same_features
 
@@ -125,6 +126,10 @@ def test_incremental_rerun_computes_nothing_then_only_new(kaggle_root: Path, art
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     first = _feat(kaggle_root)
     before = first.cache.stat().st_mtime_ns
+    # the first run says where its time went: TF, the build, the warm-up trace, the loop and the write
+    assert {"scan", "import", "build", "checksum", "compile", "loop", "write"} <= set(first.phases)
+    assert all(v >= 0 for v in first.phases.values()) and first.phases["loop"] > 0
+    assert "time (model built with TensorFlow this run): " in featurize_summary(first)
 
     def no_model(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("a fully cached rerun must not build the model")
@@ -133,6 +138,8 @@ def test_incremental_rerun_computes_nothing_then_only_new(kaggle_root: Path, art
         m.setattr(extractor, "build_base", no_model)
         again = _feat(kaggle_root)
     assert again.n_computed == 0 and first.cache.stat().st_mtime_ns == before
+    assert set(again.phases) == {"scan", "write"}  # nothing built, nothing run: no phases from the run before
+    assert "time (model built" not in featurize_summary(again)
     shutil.copy(kaggle_root / "train" / "MildDemented" / "img0.png", kaggle_root / "train" / "MildDemented" / "new.png")
     (kaggle_root / "test" / "NonDemented" / "img1.png").unlink()
     third = _feat(kaggle_root)
