@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,29 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return diff / scale if scale > 0 else diff
 
 
+# tf2onnx's graph passes kept on export. The transpose pass is the one that matters for speed (without it OpenVINO
+# ran MobileNetV2 4x slower); onnxruntime and OpenVINO fuse and fold the rest themselves when they load the file.
+# The other passes cost 2-3 s of a 7-8 s MobileNetV2 export for the same runtime speed and the same features
+# (docs/benchmarks.md, "First-ever run").
+LEAN_TF2ONNX_PASSES = ("optimize_transpose", "fold_constants", "remove_identity", "remove_back_to_back")
+
+
+@contextlib.contextmanager
+def lean_tf2onnx(passes: tuple[str, ...] = LEAN_TF2ONNX_PASSES) -> Iterator[None]:
+    """Run tf2onnx with only ``passes`` of its graph optimizers (all of them if its private hook has moved)."""
+    import tf2onnx.optimizer as opt
+
+    full = getattr(opt, "_get_optimizers", None)
+    if full is None:  # another tf2onnx layout: its full pass list is slower, never wrong
+        yield
+        return
+    opt._get_optimizers = lambda: {k: v for k, v in full().items() if k in passes}
+    try:
+        yield
+    finally:
+        opt._get_optimizers = full
+
+
 def export_onnx(model: Any, preprocess: Callable[[Any], Any], path: str | os.PathLike[str]) -> Path:
     """Export preprocessing + model (uint8 NHWC input named ``images``, any batch) to ``path``, atomically."""
     import tensorflow as tf
@@ -300,7 +323,7 @@ def export_onnx(model: Any, preprocess: Callable[[Any], Any], path: str | os.Pat
     level = logging.getLogger("tf2onnx").level
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, lean_tf2onnx():
             tf2onnx.convert.from_function(features, input_signature=spec, opset=OPSET, output_path=str(tmp))
     finally:
         logging.getLogger("tf2onnx").setLevel(level)

@@ -90,6 +90,26 @@ def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images
     assert_same_features(fwd2(images), out, rel=1e-6)  # longer than the batch: run in chunks
 
 
+@needs_onnx
+def test_lean_export_keeps_the_transpose_pass_and_restores_tf2onnx(net: tuple[object, object], images: np.ndarray,
+                                                                  reference: np.ndarray, tmp_path: Path) -> None:
+    import onnx
+    import tf2onnx.optimizer as opt
+
+    def transposes(path: Path) -> int:
+        return sum(n.op_type == "Transpose" for n in onnx.load(str(path)).graph.node)
+
+    full_passes = opt._get_optimizers
+    lean = engines.export_onnx(*net, tmp_path / "lean.onnx")
+    assert opt._get_optimizers is full_passes  # the whole pass list is back for anyone else using tf2onnx
+    with engines.lean_tf2onnx(passes=()):
+        bare = engines.export_onnx(*net, tmp_path / "bare.onnx")
+    # NHWC -> NCHW transposes around every conv without the transpose pass; a couple with it
+    assert transposes(lean) <= 2 < transposes(bare)
+    fwd = engines.load_runtime(lean, "onnx", BATCH, (32, 32))
+    assert engines.relative_error(_run(fwd, images), reference) <= 1e-4
+
+
 def test_light_networks_use_small_runtime_batches(net: tuple[object, object]) -> None:
     model = net[0]
     assert 0 < 2 * engines.model_macs(model) / 1e9 < engines.LIGHT_GFLOP  # mobilenetv2 at 32x32
