@@ -37,8 +37,8 @@ def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batc
 
     starts = range(0, len(paths), batch_size)
     # Pillow releases the GIL, so plain threads decode in parallel, ahead of the engine, at normal priority. Lowest
-    # priority (nice 19, ``low_priority=True``) was the default once: equal on an idle Xeon, but it lost a third of
-    # the engine on AMD EPYC and starved on shared machines (docs/benchmarks.md, "Input schedule").
+    # priority (nice 19, ``low_priority=True``) was the default once: it lost a third of OpenVINO's rate on an idle
+    # AMD EPYC and an idle Xeon alike, and starved on shared machines (docs/benchmarks.md, "Input schedule").
     pool = ThreadPoolExecutor(threads or cpu_threads(), thread_name_prefix="alzmri-decode",
                               initializer=_background if low_priority else None)
     try:
@@ -56,12 +56,12 @@ def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batc
 
 def item_batches(tasks: Iterable[T], decode: Callable[[T], list[tuple[Any, np.ndarray]]], batch_size: int, *,
                  threads: int | None = None, ahead: int = 1,
-                 low_priority: bool = True) -> Iterator[tuple[np.ndarray, list[Any]]]:
+                 low_priority: bool = False) -> Iterator[tuple[np.ndarray, list[Any]]]:
     """Batches of (uint8 images [B,H,W,3], their tags [B]) from tasks that each decode into any number of images.
 
     The volume path: a task is one scan, ``decode`` reads it and cuts its slices (a list of (tag, image)), and the
     slices of consecutive scans fill fixed-size batches, in task order. As in ``image_batches`` the decoding runs in
-    low-priority threads ahead of the consumer; at most ``threads + ahead`` tasks are in flight, so memory is bounded
+    threads ahead of the consumer, at normal priority unless ``low_priority``; at most ``threads + ahead`` tasks are in flight, so memory is bounded
     by a few scans whatever the dataset's size.
     """
     n_threads = threads or cpu_threads()

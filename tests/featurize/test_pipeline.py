@@ -13,7 +13,7 @@ from PIL import Image
 
 import featurize.pipeline as pipeline
 from featurize.images import _fit, _to_rgb, load_rgb
-from featurize.pipeline import image_batches
+from featurize.pipeline import image_batches, item_batches
 
 
 def _slice(path: Path, w: int = 61, h: int = 47, seed: int = 0) -> Path:
@@ -97,3 +97,15 @@ def test_decoding_priority_is_normal_unless_asked_low(tmp_path: Path, monkeypatc
     list(image_batches([path] * 6, (16, 16), "stretch", batch_size=3, low_priority=True))
     assert seen and all(p == 19 for p in seen)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the caller keeps its priority
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priority is a Linux feature")
+def test_scan_decoding_runs_at_normal_priority_too() -> None:
+    def decode(i: int) -> list[tuple[int, np.ndarray]]:
+        return [(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), np.zeros((4, 4, 3), np.uint8))]
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    tags = [t for _, batch in item_batches(range(6), decode, batch_size=2) for t in batch]
+    assert tags == [caller] * 6  # the volume path's threads compete with the engine as equals, like image_batches
+    low = [t for _, batch in item_batches(range(4), decode, batch_size=2, low_priority=True) for t in batch]
+    assert low == [19] * 4
