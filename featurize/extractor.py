@@ -98,7 +98,7 @@ def build(bb: Backbone, weights: str, settings: dict[str, Any], choices: list[st
     from featurize.tfquiet import import_tensorflow
 
     with phase("import"):
-        import_tensorflow()  # first TF import happens only here, so a fully cached rerun never pays for it
+        import_tensorflow()  # TF is imported only on this path, so a fully cached rerun never pays for it
         import keras
 
     from featurize.weights_catalog import preprocess_fn

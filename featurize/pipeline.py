@@ -61,8 +61,8 @@ def item_batches(tasks: Iterable[T], decode: Callable[[T], list[tuple[Any, np.nd
 
     The volume path: a task is one scan, ``decode`` reads it and cuts its slices (a list of (tag, image)), and the
     slices of consecutive scans fill fixed-size batches, in task order. As in ``image_batches`` the decoding runs in
-    threads ahead of the consumer, at normal priority unless ``low_priority``; at most ``threads + ahead`` tasks are in flight, so memory is bounded
-    by a few scans whatever the dataset's size.
+    threads ahead of the consumer, at normal priority unless ``low_priority``; at most ``threads + ahead`` tasks are
+    in flight, so memory is bounded by a few scans whatever the dataset's size.
     """
     n_threads = threads or cpu_threads()
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="alzmri-decode",

@@ -2,8 +2,8 @@
 
 A first-ever run pays for TensorFlow, the Keras build, the ONNX export and its check before the first image; this
 breakdown says where that time goes (``FeaturizeResult.phases``, and one summary line when TF was built).
-Phases nest only by accident: each ``phase`` adds its own wall time to its name, and the recorder is per process,
-reset by ``start``.
+Phases are not meant to nest: each ``phase`` adds its wall time to its name. The recorder is per process, reset by
+``start`` at the beginning of each featurize run.
 """
 
 from __future__ import annotations
