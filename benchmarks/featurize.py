@@ -258,6 +258,7 @@ PIPELINES: dict[str, tuple[str, Callable[..., Iterator[tuple[np.ndarray, list[st
     "current": ("pipeline.image_batches: thread pool at normal priority, 2 batches ahead", _batches()),
     "low-priority": ("the same threads at the lowest priority (nice 19; the default until issue 22)", _batches(low_priority=True)),
     "phased": ("each batch decoded on all cores only when asked for, then inferred", _batches(ahead=0)),
+    "one-thread": ("one decode thread at normal priority, 2 batches ahead", _batches(threads=1)),
     "tf.data": ("tf.data map over tf.numpy_function, AUTOTUNE, prefetch (the previous pipeline)", tfdata_batches),
 }
 

@@ -38,7 +38,8 @@ def image_batches(paths: Sequence[str], size: tuple[int, int], resize: str, batc
     starts = range(0, len(paths), batch_size)
     # Pillow releases the GIL, so plain threads decode in parallel, ahead of the engine, at normal priority. Lowest
     # priority (nice 19, ``low_priority=True``) was the default once: it lost a third of OpenVINO's rate on an idle
-    # AMD EPYC and an idle Xeon alike, and starved on shared machines (docs/benchmarks.md, "Input schedule").
+    # AMD EPYC (and in one of two runs on an idle Xeon), and starved on shared machines (docs/benchmarks.md,
+    # "Input schedule").
     pool = ThreadPoolExecutor(threads or cpu_threads(), thread_name_prefix="alzmri-decode",
                               initializer=_background if low_priority else None)
     try:
