@@ -102,12 +102,14 @@ def onnx_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
 
 def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, engine: str = "auto",
                 cache_dir: str | os.PathLike[str] | None = None, key: str = "", log: Log = lambda s: None,
-                tolerance: float = TOLERANCE, threads: int | None = None) -> tuple[Forward, str]:
+                tolerance: float = TOLERANCE, threads: int | None = None,
+                on_export: Callable[[], None] = lambda: None) -> tuple[Forward, str]:
     """The batched forward pass of ``model`` (after ``preprocess``) on the chosen engine, and the engine used.
 
     ``key`` names the export (see ``engine_key``); with ``cache_dir`` the ``.onnx`` file is kept there and reused
     by later runs. Any ONNX problem ends in the TF engine, with one line through ``log`` (none when ``auto``
     merely finds the optional packages absent). ``threads`` (ONNX runtimes only) defaults to the usable cores.
+    ``on_export`` is called just before an export starts (only when one is needed).
     """
     from featurize.pipeline import make_forward
 
@@ -126,7 +128,7 @@ def make_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, e
     engine = runtime
     try:
         return _onnx_engine(model, preprocess, batch_size, engine, cache_dir, key, log, tolerance,
-                            threads or cpu_threads()), engine
+                            threads or cpu_threads(), on_export), engine
     except _Fallback as exc:
         log(f"engine {engine}: {exc}; using tf")
     except Exception as exc:  # noqa: BLE001 - tf2onnx / runtimes raise many types; never let them stop featurize
@@ -140,7 +142,8 @@ class _Fallback(Exception):
 
 
 def _onnx_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, runtime: str,
-                 cache_dir: str | os.PathLike[str] | None, key: str, log: Log, tolerance: float, threads: int) -> Forward:
+                 cache_dir: str | os.PathLike[str] | None, key: str, log: Log, tolerance: float, threads: int,
+                 on_export: Callable[[], None]) -> Forward:
     h, w = int(model.input_shape[1]), int(model.input_shape[2])
     batch_size = inner_batch(model, batch_size)
     inputs = check_inputs(h, w)
@@ -165,6 +168,7 @@ def _onnx_engine(model: Any, preprocess: Callable[[Any], Any], batch_size: int, 
                 log(f"engine {runtime}: cached export {path.name} disagrees with TF (relative error {err:.1e}); re-exporting")
             except Exception as exc:  # noqa: BLE001 - any unreadable cached file is simply re-exported
                 log(f"engine {runtime}: cached export {path.name} unreadable ({type(exc).__name__}); re-exporting")
+        on_export()
         with phase("check"):
             ref = reference_features(model, preprocess, inputs)
         with phase("export"):

@@ -62,7 +62,7 @@ def from_card(spec: ModelSpec) -> FeatureModel | None:
 def from_tf(spec: ModelSpec, log: Log) -> FeatureModel:
     """Build the model with TF, pick the engine (exporting once), and leave a card so the next run can skip TF."""
     from featurize import devices, modelcard
-    from featurize.engines import cpu_runtime, engine_key, is_light, make_engine, onnx_path
+    from featurize.engines import engine_key, is_light, make_engine
     from featurize.tfquiet import import_tensorflow
 
     with phase("import"):  # the first TF import of a run: here, before the devices are asked for
@@ -78,10 +78,10 @@ def from_tf(spec: ModelSpec, log: Log) -> FeatureModel:
         return FeatureModel(devices.distributed_forward(model, preprocess, spec.batch_size, strategy), "tf", sha, dims, legacy)
     key = engine_key(st["backbone"], sha, st["image_size"], spec.choices, st["pooling"], st.get("preprocess", ""))
     folder = engines_dir(spec.artifacts)
-    if cpu_runtime(spec.engine) and not onnx_path(folder, key).is_file():
-        log(f"{st['backbone']}: exporting the model to ONNX for the fast engine, once (later runs and other datasets "
-            "reuse it without TensorFlow)")
-    forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log)
+    forward, used = make_engine(model, preprocess, spec.batch_size, spec.engine, cache_dir=folder, key=key, log=log,
+                                on_export=lambda: log(f"{st['backbone']}: exporting the model to ONNX for the fast "
+                                                      "engine, once (later runs and other datasets reuse it without "
+                                                      "TensorFlow)"))
     source = modelcard.weights_source(st["backbone"], st["weights"], spec.seed)
     if used != "tf" and source is not None:
         hw = (int(model.input_shape[1]), int(model.input_shape[2]))

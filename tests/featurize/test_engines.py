@@ -71,8 +71,10 @@ def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images
     real_export = engines.export_onnx
     monkeypatch.setattr(engines, "export_onnx", lambda *a, **k: exports.append(a[2]) or real_export(*a, **k))
     logs: list[str] = []
-    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
-    assert used == "onnx" and logs == []
+    announced: list[int] = []
+    fwd, used = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append,
+                                    on_export=lambda: announced.append(1))
+    assert used == "onnx" and logs == [] and announced == [1]  # told once, before the export
     out = _run(fwd, images)
     assert out.dtype == np.float32 and out.shape == reference.shape
     assert engines.relative_error(out, reference) <= 1e-4
@@ -83,7 +85,9 @@ def test_onnx_engine_matches_tf_and_is_cached(net: tuple[object, object], images
     tf_checks: list[int] = []
     real_ref = engines.reference_features
     monkeypatch.setattr(engines, "reference_features", lambda *a: tf_checks.append(1) or real_ref(*a))
-    fwd2, used2 = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append)
+    fwd2, used2 = engines.make_engine(*net, BATCH, engine="onnx", cache_dir=tmp_path, key="mnv2-test", log=logs.append,
+                                      on_export=lambda: announced.append(2))
+    assert announced == [1]  # a reuse exports nothing, so says nothing
     assert used2 == "onnx" and len(exports) == 1 and cached.stat().st_mtime_ns == stamp and logs == []  # reused
     assert tf_checks == []  # checked against the TF answer stored at export, without running TF again
     assert_same_features(_run(fwd2, images), out, rel=1e-6)
