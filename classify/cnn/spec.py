@@ -12,7 +12,8 @@ from featurize.backbones import Backbone
 Log = Callable[[str], None]
 
 MODELS = ("scratch", "finetune")
-ARCH_VERSION = 3  # bump when a network definition changes: old checkpoints then start over (3: issue 20's recipe)
+ARCH_VERSION = 4  # bump when a network or its training changes: old checkpoints then start over (3: issue 20's recipe;
+#                  4: BatchNorm statistics re-estimated after each epoch)
 SIDECAR_FORMAT = "alzmri-baseline/1"
 
 # The recipe (issue 20). Budgets measured on the 5,120-slice Kaggle set on the shared 2-core CPU: see docs/benchmarks.md.
@@ -31,6 +32,9 @@ DEFAULT_LABEL_SMOOTHING = 0.1
 WARMUP_FRACTION = 0.1  # of each stage's steps: linear warm-up from lr/10 to the peak, then cosine decay to lr/100
 SCRATCH_BLOCKS = ((16, 0.1), (32, 0.1), (64, 0.1), (128, 0.2), (256, 0.2))  # (filters, dropout) per block
 VAL_FRACTION = 0.15
+# training images over which a scratch CNN's BatchNorm statistics are re-estimated after each epoch
+# (classify.cnn.batchnorm); 512 slices give >= 3,000 values per channel even in the last 3x2 block
+BN_IMAGES = 512
 
 
 def digest(obj: Any) -> str:

@@ -12,11 +12,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from classify.cnn.batchnorm import reestimate_batchnorm, trainable_batchnorms
 from classify.cnn.checkpoint import Checkpoint
 from classify.cnn.data import Images, class_weights, predict_proba, train_dataset, validation_split
 from classify.cnn.keras_objects import BalancedAccuracy, DiscriminativeAdam, keras
 from classify.cnn.models import build_finetune, build_scratch, set_stage
-from classify.cnn.spec import VAL_FRACTION, WARMUP_FRACTION, Log, NetSpec, Schedule, digest, fmt_secs
+from classify.cnn.spec import BN_IMAGES, VAL_FRACTION, WARMUP_FRACTION, Log, NetSpec, Schedule, digest, fmt_secs
 from featurize.errors import AlzmriError
 
 
@@ -65,9 +66,11 @@ class EpochControl(keras.callbacks.Callback):
 
     def __init__(self, *, checkpoint: Checkpoint, state: dict[str, Any], stage: str, X_val: np.ndarray,
                  y_val: np.ndarray, schedule: Schedule, label: str, log: Log, advance: Callable[[int], None],
-                 deadline: float | None = None, base_lr: Callable[[], float] | None = None) -> None:
+                 deadline: float | None = None, base_lr: Callable[[], float] | None = None,
+                 X_bn: np.ndarray | None = None) -> None:
         super().__init__()
         self.ck, self.state, self.stage, self.X_val, self.y_val = checkpoint, state, stage, X_val, y_val
+        self.X_bn = X_bn
         self.schedule, self.label, self.log, self.advance = schedule, label, log, advance
         self.deadline, self.base_lr = deadline, base_lr
         self.diverged = self.out_of_time = False
@@ -95,6 +98,9 @@ class EpochControl(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         state, sch, e = self.state, self.schedule, epoch + 1
+        if self.X_bn is not None and not self.diverged:
+            # validation, the checkpoint and the saved model all use the statistics inference will see
+            reestimate_batchnorm(self.model, self.X_bn)
         probs = None if self.diverged else predict_proba(self.model, self.X_val, sch.batch_size)
         if probs is None or not np.all(np.isfinite(probs)) or not math.isfinite(float(logs.get("loss", 0.0))):
             self._stop_diverged(e)
@@ -174,6 +180,8 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
     else:
         model, base = build_finetune(spec.backbone, spec.weights, spec.size, spec.n_classes, seed=spec.seed)
     cw = class_weights(y[tr], spec.n_classes)
+    bn_rows = np.random.default_rng(spec.seed).permutation(tr)[:BN_IMAGES]
+    X_bn = X[np.sort(bn_rows)] if trainable_batchnorms(model) else None
     train_ds = train_dataset(X[tr], y[tr], cw[y[tr]], n_classes=spec.n_classes, batch_size=batch_size,
                              seed=spec.seed + int(state["epoch"]))
     steps = int(math.ceil(len(tr) / batch_size))
@@ -215,7 +223,7 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                     continue
                 opt = model.optimizer
                 control = EpochControl(checkpoint=ck, state=state, stage=stage, X_val=X[va], y_val=y[va],
-                                       schedule=schedule, label=label, log=log, advance=advance, deadline=deadline,
+                                       schedule=schedule, label=label, log=log, advance=advance, deadline=deadline, X_bn=X_bn,
                                        base_lr=(lambda o=opt: float(np.asarray(o.learning_rate)) * o.factor) if slow else None)
                 model.fit(train_ds, initial_epoch=int(state["epoch"]), epochs=end, verbose=0, shuffle=False,
                           callbacks=[control, *callbacks])
