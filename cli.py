@@ -63,6 +63,7 @@ CnnModel = Literal[MODELS]  # type: ignore[valid-type]
 Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
 ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
+InnerSlicesOpt = typer.Option(0, "--inner-slices", min=0, help="Slice heads: grid-search on N evenly spaced slices per subject, then refit on all (0: all slices).")
 View = Literal[VIEWS]  # type: ignore[valid-type]
 SynthFormat = Literal[(*IMAGE_FORMATS, *VOLUME_FORMATS)]  # type: ignore[valid-type]
 Level = Literal[LEVELS]  # type: ignore[valid-type]
@@ -251,6 +252,7 @@ def classify(
     seed: int = typer.Option(0, "--seed", min=0),
     calibrate: Calibration = CalibrateOpt,
     conformal: Optional[float] = typer.Option(None, "--conformal", help="Per-subject prediction sets at this coverage level (e.g. 0.90), calibrated by subject."),
+    inner_slices: int = InnerSlicesOpt,
     artifacts: Optional[str] = ArtifactsOpt,
     no_progress: bool = typer.Option(False, "--no-progress"),
     cluster: Optional[str] = ClusterOpt,
@@ -270,7 +272,7 @@ def classify(
                                        permutation=permutation, n_jobs=n_jobs, seed=seed, by_subject=by_subject,
                                        progress=not no_progress, task=task, log=_say, layers=layers,
                                        calibration=calibrate, conformal=conformal, cluster=cluster, level=level,
-                                       pooling=pooling))
+                                       pooling=pooling, inner_slices=inner_slices))
     out.print(format_report(df, "table"), highlight=False)
     for p in df.attrs.get("bundles", [])[:1]:
         out.print(f"models: {Path(p).parent}   report: {report_path(artifacts)}", highlight=False)
@@ -401,6 +403,7 @@ def sweep(
     pooling: str = typer.Option("meanstd", "--pooling", parser=_one_of(SUBJECT_POOLINGS), metavar=_metavar(SUBJECT_POOLINGS), help="Subject poolings to sweep (at --level subject)."),
     fuse: Optional[str] = typer.Option(None, "--fuse", help="Fused candidates: BACKBONE[:LAYERS]+BACKBONE[:LAYERS], several joined by ';'."),
     calibrate: Calibration = CalibrateOpt,
+    inner_slices: int = InnerSlicesOpt,
     n_jobs: int = typer.Option(2, "--n-jobs", min=1),
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
@@ -414,7 +417,8 @@ def sweep(
     results = _run(lambda: run_sweep(data, backbones=backbone_list, layers=layer_list, heads=head_list, tasks=task_list,
                                      weights=weights, image_size=image_size, criterion=criterion, artifacts=artifacts,
                                      n_jobs=n_jobs, seed=seed, progress=not no_progress, log=_say, calibration=calibrate,
-                                     cluster=cluster, levels=level.split(","), poolings=pooling.split(","), fuse=fuse))
+                                     cluster=cluster, levels=level.split(","), poolings=pooling.split(","), fuse=fuse,
+                                     inner_slices=inner_slices))
     for res in results:
         out.print(format_sweep(res), highlight=False, markup=False)
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import sklearn
 from joblib import Memory
+from sklearn.base import clone
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -47,6 +48,7 @@ from classify.protocols import (
     make_splitter,
     splits,
     subjects_per_class,
+    thin_per_subject,
 )
 from classify.subject_level import SubjectPooling, check_level, level_name, subject_folds, subject_rows
 from featurize.errors import DataError
@@ -55,6 +57,15 @@ from featurize.featureset import FeatureSet
 SELECTION = "balanced_accuracy"
 INNER_SPLITS = 3  # inner folds only rank a handful of candidates; 3 keeps nested CV affordable on 2 cores
 MIN_SUBJECTS = 5
+
+
+def check_inner_slices(n: int | None) -> int | None:
+    """``None`` or 0 (every slice) or a positive count of slices per subject for the inner grid search."""
+    if n is None or int(n) == 0:
+        return None
+    if int(n) < 0:
+        raise DataError(f"inner slices per subject must be positive (or 0 for all), not {n}")
+    return int(n)
 
 
 @dataclass
@@ -112,6 +123,7 @@ class EvalResult:
     fold_inner: dict[str, list[float]] = field(default_factory=dict)
     level: str = "slice"
     pooling: SubjectPooling | None = None
+    inner_slices: int | None = None  # slices per subject the grid search saw (None: all of them)
     intervals: dict[str, float] = field(default_factory=dict)
     subject_oof: SubjectOOF | None = None
     calibration: str = "none"
@@ -186,36 +198,49 @@ def _cached(model: Pipeline) -> Iterator[Pipeline]:
 
 
 def _grid(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, pca: int | None, n_jobs: int,
-          seed: int, inner_splits: int, n_classes: int | None = None
+          seed: int, inner_splits: int, n_classes: int | None = None, inner_slices: int | None = None
           ) -> tuple[Pipeline, dict[str, Any], list[str], dict[str, float]]:
-    splitter, notes = make_splitter(y, groups, n_splits=inner_splits, seed=seed, what="inner selection folds")
-    inner = splits(splitter, y, groups)
+    # The grid search may see only ``inner_slices`` slices per subject: slices of one scan are near-duplicates, so
+    # more of them add cost (an RBF SVM's fit is quadratic in rows) more than information about which candidate
+    # ranks first. The selected candidate is then refitted on every row.
+    sel = thin_per_subject(groups, inner_slices) if inner_slices and groups is not None else np.arange(len(y))
+    Xs, ys, gsub = X[sel], y[sel], None if groups is None else np.asarray(groups, dtype=object)[sel]
+    splitter, notes = make_splitter(ys, gsub, n_splits=inner_splits, seed=seed, what="inner selection folds")
+    inner = splits(splitter, ys, gsub)
     k = _effective_pca(pca, min(len(tr) for tr, _ in inner), X.shape[1])
     scorer = InnerScorer(int(n_classes or (int(np.max(y)) + 1)))
-    fit_params = {} if groups is None else {"groups": np.asarray(groups, dtype=object)}
+    fit_params = {} if gsub is None else {"groups": gsub}
+    thinned = len(sel) < len(y)
     with quiet_sklearn(), _cached(make_head(name, k, seed)) as model, \
             sklearn.config_context(enable_metadata_routing=groups is not None):
-        gs = GridSearchCV(model, param_grid(name), scoring=scorer, cv=inner, n_jobs=n_jobs, refit=SELECTION)
+        gs = GridSearchCV(model, param_grid(name), scoring=scorer, cv=inner, n_jobs=n_jobs,
+                          refit=False if thinned else SELECTION)
         with warnings.catch_warnings():
             # the subject scores are NaN without subjects, an AUC on a part missing a class: recorded as NaN
             warnings.filterwarnings("ignore", message=".*test scores are non-finite.*")
-            gs.fit(X, y, **fit_params)
-        best = gs.best_estimator_
-        best.set_params(memory=None)
-    i = int(gs.best_index_)
+            gs.fit(Xs, ys, **fit_params)
+        # rank 1 of the selection metric, first on ties: what GridSearchCV's own refit picks
+        i = int(np.argmin(gs.cv_results_[f"rank_test_{SELECTION}"]))
+        params = dict(gs.cv_results_["params"][i])
+        if thinned:
+            best = clone(model).set_params(memory=None, **params).fit(X, y)
+        else:
+            best = gs.best_estimator_
+            best.set_params(memory=None)
     scores = {m: float(gs.cv_results_[f"mean_test_{m}"][i]) for m in INNER_METRICS}
-    return best, dict(gs.best_params_), notes, scores
+    return best, params, notes, scores
 
 
 def select_head(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *, pca: int | None = None,
-                n_jobs: int = 2, seed: int = 0, inner_splits: int = INNER_SPLITS, n_classes: int | None = None
-                ) -> tuple[Pipeline, dict[str, Any], list[str]]:
-    """Grid-search ``name`` on (X, y) only (group-aware inner CV when ``groups``), refit the best on all of it.
+                n_jobs: int = 2, seed: int = 0, inner_splits: int = INNER_SPLITS, n_classes: int | None = None,
+                inner_slices: int | None = None) -> tuple[Pipeline, dict[str, Any], list[str]]:
+    """Grid-search ``name`` on (X, y) only (group-aware inner CV when ``groups``; at most ``inner_slices`` rows per
+    subject when given), refit the best on all of it.
 
     Returns the fitted best pipeline, its parameters and notes (fold fallbacks).
     """
     best, params, notes, _ = _grid(name, X, y, groups, pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits,
-                                   n_classes=n_classes)
+                                   n_classes=n_classes, inner_slices=inner_slices)
     return best, params, notes
 
 
@@ -245,13 +270,13 @@ class _FoldOutcome:
 
 def _fold(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, *, pca: int | None,
           n_jobs: int, seed: int, inner_splits: int, inner_groups: bool, class_names: list[str],
-          calibration: str = "none", conformal: float | None = None) -> _FoldOutcome:
+          calibration: str = "none", conformal: float | None = None, inner_slices: int | None = None) -> _FoldOutcome:
     """Select on the fold's training rows, score its test rows (runs in a joblib worker)."""
     tr, te = fold
     t0 = time.perf_counter()
     model, params, notes, inner = _grid(name, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
                                         pca=pca, n_jobs=n_jobs, seed=seed, inner_splits=inner_splits,
-                                        n_classes=len(class_names))
+                                        n_classes=len(class_names), inner_slices=inner_slices)
     model, more = calibrate(model, X[tr], y[tr], groups[tr] if inner_groups and groups is not None else None,
                             method=calibration, seed=seed, inner_splits=inner_splits)
     t1 = time.perf_counter()
@@ -308,7 +333,8 @@ def permutation_check(name: str, *, params: dict[str, Any], X: np.ndarray, y: np
 def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int | None | str = "default",
              permutation: int = 0, n_jobs: int = 2, seed: int = 0, outer_splits: int = OUTER_SPLITS,
              inner_splits: int = INNER_SPLITS, level: str = "slice", pooling: str | SubjectPooling = "meanstd",
-             n_boot: int = 2000, calibration: str = "none", conformal: float | None = None) -> EvalResult:
+             n_boot: int = 2000, calibration: str = "none", conformal: float | None = None,
+             inner_slices: int | None = None) -> EvalResult:
     """Select, fit and score ``head`` on ``fs`` under ``protocol``; optionally run the permutation check.
 
     ``pca``: "default" = the head's own default width, None/0 = no PCA, int = that many components.
@@ -316,6 +342,8 @@ def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int 
     ``level``: ``slice`` (a row per slice) or ``subject`` (a row per subject, pooled by ``pooling``; see
     ``classify.subject_level``). With subjects, ``n_boot`` resamples give 95% intervals over subjects.
     ``calibration`` (none|sigmoid|isotonic) and ``conformal`` (a level) are fitted inside each training part.
+    ``inner_slices``: the grid search sees at most that many evenly spaced slices per subject (None: all); the
+    selected candidate is refitted on all of the training part's rows.
     """
     # Parallelism comes from n_jobs processes. BLAS/OpenMP threads on top only compete with them and spin
     # while waiting: on the shared 2-core box, one thread measured ~2x faster at 5,120 x 1,280 with
@@ -324,7 +352,7 @@ def evaluate(fs: FeatureSet, head: str, *, protocol: str = "official", pca: int 
         return _evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
                          outer_splits=outer_splits, inner_splits=inner_splits, level=level, pooling=pooling,
                          n_boot=n_boot, calibration=check_calibration(calibration),
-                         conformal=check_conformal_level(conformal))
+                         conformal=check_conformal_level(conformal), inner_slices=check_inner_slices(inner_slices))
 
 
 def _subject_notes(y: np.ndarray, groups: np.ndarray | None, names: list[str]) -> tuple[dict[str, int] | None, list[str]]:
@@ -352,7 +380,8 @@ def _subject_oof(folds: list[Fold], fold_scores: list[np.ndarray], y: np.ndarray
 
 def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str, permutation: int, n_jobs: int,
               seed: int, outer_splits: int, inner_splits: int, level: str, pooling: str | SubjectPooling,
-              n_boot: int, calibration: str = "none", conformal: float | None = None) -> EvalResult:
+              n_boot: int, calibration: str = "none", conformal: float | None = None,
+              inner_slices: int | None = None) -> EvalResult:
     check_protocol(protocol)
     check_level(level)
     pool = pooling if isinstance(pooling, SubjectPooling) else SubjectPooling(str(pooling))
@@ -379,7 +408,7 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
     # ---- fit and score
     inner_groups = protocol != "slice-cv"
     fold_args = dict(pca=pca, seed=seed, inner_splits=inner_splits, inner_groups=inner_groups, class_names=names,
-                     calibration=calibration, conformal=conformal)
+                     calibration=calibration, conformal=conformal, inner_slices=inner_slices)
     t0 = time.perf_counter()
     if protocol == "official":
         res = [_fold(head, X, y, groups, folds[0], n_jobs=n_jobs, **fold_args)]
@@ -392,7 +421,8 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
             delayed(_fold)(head, X, y, groups, fold, n_jobs=1 if outer_jobs > 1 else n_jobs, **fold_args)
             for fold in folds)
         model, params, more = select_head(head, X, y, groups if inner_groups else None, pca=pca, n_jobs=n_jobs,
-                                          seed=seed, inner_splits=inner_splits, n_classes=len(names))
+                                          seed=seed, inner_splits=inner_splits, n_classes=len(names),
+                                          inner_slices=inner_slices)
         model, cal_notes = calibrate(model, X, y, groups if inner_groups else None, method=calibration, seed=seed,
                                      inner_splits=inner_splits)
         notes += more + cal_notes
@@ -422,6 +452,7 @@ def _evaluate(fs: FeatureSet, head: str, *, protocol: str, pca: int | None | str
         fold_inner={m: [float(r.inner[m]) for r in res] for m in INNER_METRICS},
         level=level_name(level, pool), pooling=pool if level == "subject" else None,
         calibration=calibration, reliability=pool_bins([r.bins for r in res]),
+        inner_slices=inner_slices if level == "slice" and groups is not None and inner_groups else None,
     )
     if groups is not None:
         out.subject_oof = _subject_oof(folds, [r.scores for r in res], y, groups, len(names))

@@ -78,6 +78,19 @@ def splits(splitter: StratifiedKFold | StratifiedGroupKFold, y: np.ndarray, grou
         return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros((len(y), 1)), y, groups)]
 
 
+def thin_per_subject(groups: np.ndarray, k: int) -> np.ndarray:
+    """Sorted row positions keeping at most ``k`` rows of each subject, evenly spaced through its rows (in their
+    order, so through the scan's slices), deterministic; every row of a subject with ``k`` rows or fewer."""
+    groups = np.asarray(groups, dtype=object)
+    keep: list[np.ndarray] = []
+    for g in dict.fromkeys(groups.tolist()):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) > k:
+            rows = rows[np.unique(np.linspace(0, len(rows) - 1, k).round().astype(int))]
+        keep.append(rows)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
+
+
 def holdout_split(y: np.ndarray, groups: np.ndarray | None, *, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A stratified ~20% hold-out (group-aware when ``groups`` is given) whose training part covers every
     class of its test part: the first such of 5 folds under ``seed``."""

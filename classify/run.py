@@ -95,7 +95,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                      seed: int = 0, by_subject: bool = False, progress: bool = True, task: str = "stages",
                      pca: int | None | str = "default", log: Log | None = None, layers: str = "all",
                      calibration: str = "none", conformal: float | None = None,
-                     cluster: str | None = None, level: str = "slice", pooling: str = "meanstd") -> pd.DataFrame:
+                     cluster: str | None = None, level: str = "slice", pooling: str = "meanstd",
+                     inner_slices: int | None = None) -> pd.DataFrame:
     """Train and evaluate each head on each matching feature cache of ``data_root``.
 
     For each cache x head: evaluate under ``protocol`` (see classify.evaluate), save the signed bundle, upsert
@@ -108,7 +109,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
     Warnings go to ``log`` (default: stderr) and are also returned in ``df.attrs["warnings"]``; the written
     bundle and plot paths are in ``df.attrs["bundles"]`` and ``df.attrs["plots"]``.
     ``cluster`` (``local[:N]``, ``tcp://HOST:PORT``, ``scheduler-file:PATH``) runs the CV folds on Dask workers
-    through joblib's Dask backend (``featurize.cluster.folds_on``).
+    through joblib's Dask backend (``featurize.cluster.folds_on``). ``inner_slices``: slice heads grid-search on
+    that many evenly spaced slices per subject, then refit on all (``classify.evaluate.evaluate``).
     """
     from featurize.dataset import dataset_id
     from featurize.progress import progress_bar
@@ -147,7 +149,8 @@ def classify_dataset(data_root: str | os.PathLike[str], *, backbone: str = "all"
                                   f"{data_root}` or featurize with `--subjects auto`")
             for head in names:
                 res = evaluate(fs, head, protocol=protocol, pca=pca, permutation=permutation, n_jobs=n_jobs, seed=seed,
-                               calibration=calibration, conformal=conformal, level=level, pooling=pool)
+                               calibration=calibration, conformal=conformal, level=level, pooling=pool,
+                               inner_slices=inner_slices)
                 for w in res.warnings:
                     warn(f"{fs.meta.get('backbone')}: {w}")
                 path, bundle = bundle_for(fs, res, task=task_name, selection=SELECTION, artifacts=artifacts)

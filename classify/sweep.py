@@ -141,7 +141,7 @@ def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: lis
               artifacts: str | os.PathLike[str] | None = None, n_jobs: int = 2, seed: int = 0, batch_size: int = 32,
               progress: bool = True, log: Log = lambda s: None, levels: list[str] = ("slice",),  # type: ignore[assignment]
               poolings: list[str] = ("meanstd",), fuse: str | None = None, calibration: str = "none",  # type: ignore[assignment]
-              cluster: str | None = None) -> list[SweepResult]:
+              cluster: str | None = None, inner_slices: int | None = None) -> list[SweepResult]:
     """Featurize what is missing (one pass per backbone), evaluate every combination under subject-cv,
     write every row to report.csv, and refit + save the winner of each task for ``predict``
     (see ``sweep_caches`` for ``levels``, ``poolings``, ``fuse`` and ``calibration``). ``cluster`` runs the
@@ -159,7 +159,8 @@ def run_sweep(data: str | os.PathLike[str], *, backbones: list[str], layers: lis
             caches.append(res.cache)
     return sweep_caches(data, caches, heads=heads, tasks=tasks, criterion=criterion, artifacts=artifacts, n_jobs=n_jobs,
                         seed=seed, progress=progress, log=log, levels=levels, poolings=poolings, fuse=fuse,
-                        default_layers=layers[0] if layers else "last", calibration=calibration)
+                        default_layers=layers[0] if layers else "last", calibration=calibration,
+                        inner_slices=inner_slices)
 
 
 def _fused_sets(spec: str, loaded: list[Any], default_layers: str) -> list[Any]:
@@ -185,10 +186,12 @@ def sweep_caches(data: str | os.PathLike[str], caches: list[Path], *, heads: lis
                  criterion: str | None = None, artifacts: str | os.PathLike[str] | None = None, n_jobs: int = 2,
                  seed: int = 0, progress: bool = True, log: Log = lambda s: None,
                  levels: list[str] = ("slice",), poolings: list[str] = ("meanstd",),  # type: ignore[assignment]
-                 fuse: str | None = None, default_layers: str = "last", calibration: str = "none") -> list[SweepResult]:
+                 fuse: str | None = None, default_layers: str = "last", calibration: str = "none",
+                 inner_slices: int | None = None) -> list[SweepResult]:
     """Evaluate every cache (and every ``fuse`` fusion, ``classify.fusion``) x head x level (x pooling at subject
     level) under subject-cv on the same outer folds; write the rows; save each task's winner (slice, subject or
-    fused) for ``predict``; return the ranked candidates, the nested estimate with its interval, and per level."""
+    fused) for ``predict``; return the ranked candidates, the nested estimate with its interval, and per level.
+    ``inner_slices``: slice heads grid-search on that many slices per subject, then refit on all."""
     from classify.bundle import bundle_for, save_bundle
     from classify.evaluate import evaluate
     from classify.heads import head_names
@@ -222,7 +225,7 @@ def sweep_caches(data: str | os.PathLike[str], caches: list[Path], *, heads: lis
                 for head in heads:
                     for lv, pool in variants:
                         res = evaluate(fs, head, protocol="subject-cv", n_jobs=n_jobs, seed=seed, level=lv, pooling=pool,
-                                       calibration=calibration)
+                                       calibration=calibration, inner_slices=inner_slices)
                         row = head_row(fs, res, task=task_name, model_path=None, selection=f"sweep subject-cv {criterion}")
                         upsert_rows(report_path(artifacts), [row])
                         fold = [float(m.get(criterion, np.nan)) for m in res.fold_metrics]
