@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from classify.cnn.spec import MODELS
+from classify.cnn.spec import BATCHNORM_MODES, MODELS
 from featurize.backbones import BACKBONES, POOLINGS
 from featurize.config import report_path
 from featurize.devices import DEVICE_MODES, PRECISIONS
@@ -60,6 +60,7 @@ ImageFormat = Literal[IMAGE_FORMATS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Criterion = Literal[CRITERIA]  # type: ignore[valid-type]
 CnnModel = Literal[MODELS]  # type: ignore[valid-type]
+BatchNormMode = Literal[BATCHNORM_MODES]  # type: ignore[valid-type]
 Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
 ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
@@ -325,7 +326,8 @@ def baseline(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs, warm-up included (default: scratch 30, finetune 12)."),
     head_epochs: int = typer.Option(2, "--head-epochs", min=1, help="finetune: warm-up epochs of the new head on the frozen base."),
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on the balanced accuracy of a validation part of the training subjects."),
-    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm stays frozen, in inference mode)."),
+    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm: see --batchnorm)."),
+    batchnorm: BatchNormMode = typer.Option("frozen", "--batchnorm", help="finetune: frozen = the base's BatchNorm in inference mode with ImageNet statistics; train = batch statistics in training, statistics adapted to the slices, scale and offset trained with the base (fastai's train_bn)."),
     learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0, help="Peak learning rate of the head (both stages) and of the scratch CNN; warm-up then cosine decay."),
     fine_learning_rate: float = typer.Option(1e-4, "--fine-learning-rate", min=0.0, help="finetune: peak learning rate of the unfrozen base layers (discriminative: below the head's)."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, help="Label smoothing of the cross-entropy (class weights handle the imbalance)."),
@@ -350,7 +352,8 @@ def baseline(
 
     def go() -> Any:
         cfg = BaselineConfig(model=model, backbone=backbone, weights=weights, image_size=image_size, epochs=epochs,
-                             head_epochs=head_epochs, patience=patience, unfreeze=unfreeze, learning_rate=learning_rate,
+                             head_epochs=head_epochs, patience=patience, unfreeze=unfreeze, batchnorm=batchnorm,
+                             learning_rate=learning_rate,
                              fine_learning_rate=fine_learning_rate, label_smoothing=label_smoothing,
                              max_train_minutes=max_train_minutes, batch_size=batch_size, protocol=protocol,
                              subjects=subjects, classes=classes, seed=seed, precision=precision, devices=devices,

@@ -67,13 +67,14 @@ def quiet_build_base(backbone: Backbone, weights: str, size: tuple[int, int], *,
 
 def build_finetune(backbone: Backbone, weights: str, size: tuple[int, int], n_classes: int, *,
                    seed: int = 0, preprocess: str = "") -> tuple[Any, Any]:
-    """Pretrained base (frozen, called with training=False) plus a new GAP-dropout-softmax head. Returns (model, base).
+    """Pretrained base (frozen) plus a new GAP-dropout-softmax head. Returns (model, base).
 
     ``preprocess`` is the weights catalog's preprocessing of ``weights`` ("": the architecture's own).
-    BatchNorm stays in inference mode for good (``training=False``), also once the base is unfrozen: its moving
-    statistics are ImageNet's, and re-estimating them from batches of 32 near-identical grey slices would shift
-    every unfrozen layer's input at the first step and undo the warm-up; ``set_stage`` keeps BN's scale and
-    offset frozen too."""
+    Whether BatchNorm runs in inference mode is ``set_stage``'s choice, not this graph's: Keras runs a non-trainable
+    BatchNorm in inference mode, and a trainable one in training mode even under ``training=False`` here (measured
+    with Keras 3: its moving statistics move). By default BatchNorm stays frozen for good, also once the base is
+    unfrozen: its moving statistics are ImageNet's, and re-estimating them from batches of 32 near-identical grey
+    slices would shift every unfrozen layer's input at the first step and undo the warm-up."""
     L = keras.layers
     base = quiet_build_base(backbone, weights, size, seed=seed)
     base.trainable = False
@@ -82,26 +83,30 @@ def build_finetune(backbone: Backbone, weights: str, size: tuple[int, int], n_cl
     inp = keras.Input((h, w, 3), name="image")
     x = augmentation(seed)(inp)
     x = BackbonePreprocess(backbone.name, preprocess, name="preprocess")(x)
-    x = base(x, training=False)  # BatchNorm in inference mode, whatever is trainable later
+    x = base(x, training=False)  # kept for models saved before; set_stage decides BatchNorm's mode
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dropout(0.2, seed=seed, name="head_drop")(x)
     out = L.Dense(n_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inp, out, name=f"{backbone.name}_finetune"), base
 
 
-def set_stage(base: Any, stage: str, unfreeze: int) -> list[str]:
+def set_stage(base: Any, stage: str, unfreeze: int, *, batchnorm: str = "frozen") -> list[str]:
     """Freeze the base (``head``), or unfreeze its top ``unfreeze`` layers except BatchNorm (``fine``).
 
+    With ``batchnorm="train"`` every BatchNorm layer of the base is trainable in both stages as well (in the head
+    stage its scale and offset get the base's learning rate, 0 there, so only its statistics adapt).
     "Top N layers" counts every layer of ``base.layers`` from the end (as in Keras's transfer-learning guide);
     returns the names of the base layers left trainable that carry weights.
     """
     if base is None:
         return []
-    if stage != "fine" or unfreeze <= 0:
+    train_bn = batchnorm == "train"
+    if not train_bn and (stage != "fine" or unfreeze <= 0):
         base.trainable = False
         return []
     base.trainable = True
-    cut = max(0, len(base.layers) - unfreeze)
+    cut = len(base.layers) if stage != "fine" else max(0, len(base.layers) - unfreeze)
     for i, layer in enumerate(base.layers):
-        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (i >= cut and not is_bn) or (is_bn and train_bn)
     return [layer.name for layer in base.layers if layer.trainable and layer.weights]

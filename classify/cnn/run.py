@@ -5,7 +5,7 @@ Two models: ``scratch`` (a compact CNN from random initialisation on grayscale i
 default 88x104) and ``finetune`` (a pretrained ``featurize.backbones`` backbone with a new head, at the weights'
 native input size and with their preprocessing, both from ``featurize.weights_catalog``: first the head alone on
 the frozen backbone, then the top ``unfreeze`` layers too, at a lower learning rate than the head's; BatchNorm
-stays in inference mode throughout).
+stays in inference mode throughout unless ``batchnorm="train"``).
 
 The recipe (issue 20): augmentation for MRI slices inside the model (no vertical flip), class weights for the
 imbalance and label smoothing, a warm-up + cosine schedule per stage, a validation part carved from the training
@@ -29,6 +29,7 @@ import numpy as np
 
 from classify.cnn.prepare import prepare
 from classify.cnn.spec import (
+    BATCHNORM_MODES,
     DEFAULT_EPOCHS,
     DEFAULT_FINE_LR,
     DEFAULT_HEAD_EPOCHS,
@@ -89,6 +90,7 @@ class BaselineConfig:
     epochs: int | None = None
     patience: int = 3
     unfreeze: int = 30
+    batchnorm: str = "frozen"
     batch_size: int = 32
     protocol: str = "official"
     subjects: str = "auto"
@@ -114,6 +116,7 @@ class BaselineConfig:
         choose("resize mode", self.resize, RESIZE_MODES)
         choose("--precision", self.precision, PRECISIONS)
         choose("--devices", self.devices, DEVICE_MODES)
+        choose("--batchnorm", self.batchnorm, BATCHNORM_MODES)
         sch = self.schedule
         for name, value, low in (("--epochs", sch.epochs, 1), ("--patience", sch.patience, 1),
                                  ("--batch-size", sch.batch_size, 1), ("--unfreeze", self.unfreeze, 0),
@@ -183,7 +186,8 @@ class BaselineConfig:
                        weights_tag=choice.tag if choice else "random-init", unfreeze=self.unfreeze,
                        head_epochs=self.n_head_epochs, lr=DEFAULT_LR if self.learning_rate is None else float(self.learning_rate),
                        fine_lr=float(self.fine_learning_rate), label_smoothing=float(self.label_smoothing),
-                       preprocess=choice.preprocess if choice else "", precision=self.precision, devices=self.devices)
+                       preprocess=choice.preprocess if choice else "", precision=self.precision, devices=self.devices,
+                       batchnorm=self.batchnorm)
 
 
 @dataclass
@@ -342,7 +346,7 @@ def _train(data: str | os.PathLike[str], cfg: BaselineConfig, spec: NetSpec, *,
                 "min_epochs": sch.min_epochs, "batch_size": sch.batch_size, "lr": spec.lr, "best_epoch": final.best_epoch,
                 "label_smoothing": spec.label_smoothing, "schedule": "warmup-cosine",
                 **({"head_epochs": spec.head_epochs, "unfreeze": cfg.unfreeze, "fine_lr": spec.fine_lr,
-                    "preprocess": spec.preprocess or "keras"} if cfg.kind == "finetune" else {}),
+                    "preprocess": spec.preprocess or "keras", "batchnorm": spec.batchnorm} if cfg.kind == "finetune" else {}),
                 # a network stopped by --max-train-minutes: the row is provisional until a rerun finishes it
                 **({"stopped": f"max_train_minutes ({budget_stops} network(s))"} if budget_stops else {})}
     # ``features`` stays "" (the input size is in ``image_size``): one row per .keras file, as before
@@ -414,6 +418,7 @@ def _write_sidecar(path: Path, cfg: BaselineConfig, spec: NetSpec, fit: FitOutco
         "dataset_id": dataset_id, "protocol": cfg.protocol, "split": split_note, "seed": cfg.seed,
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "val_balanced_accuracy": fit.best_val_bal_acc,
         "diverged_epoch": fit.diverged_epoch, "unfreeze": cfg.unfreeze if spec.kind == "finetune" else None,
+        "batchnorm": spec.batchnorm if spec.kind == "finetune" else None,
         "precision": spec.settings().get("precision", "float32"), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **_versions(), **(volumes or {}),
     }

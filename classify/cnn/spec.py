@@ -12,6 +12,9 @@ from featurize.backbones import Backbone
 Log = Callable[[str], None]
 
 MODELS = ("scratch", "finetune")
+# a fine-tuned backbone's BatchNorm: "frozen" (inference mode, ImageNet statistics) or "train" (batch statistics in
+# training, moving statistics adapted to the slices, scale and offset trained with the base: fastai's train_bn)
+BATCHNORM_MODES = ("frozen", "train")
 ARCH_VERSION = 4  # bump when a network or its training changes: old checkpoints then start over (3: issue 20's recipe;
 #                  4: BatchNorm statistics re-estimated after each epoch)
 SIDECAR_FORMAT = "alzmri-baseline/1"
@@ -67,6 +70,7 @@ class NetSpec:
     preprocess: str = ""  # featurize.weights_catalog preprocessing of the weights ("": the architecture's own)
     precision: str = "float32"
     devices: str = "auto"
+    batchnorm: str = "frozen"  # BATCHNORM_MODES; finetune only
 
     @property
     def channels(self) -> int:
@@ -101,6 +105,10 @@ class NetSpec:
                 **({"unfreeze": self.unfreeze, "head_epochs": self.head_epochs, "fine_lr": self.fine_lr,
                     "preprocess": self.preprocess or "keras", "stages": "head-then-fine-from-last"}
                    if self.kind == "finetune" else {}),
+                # fine-tunes of weights with their own preprocessing trained with the architecture's until session 7:
+                # a key of their own starts those checkpoints over and leaves every other one resumable
+                **({"catalog_preprocess_in_model": True} if self.kind == "finetune" and self.preprocess else {}),
+                **({"batchnorm": self.batchnorm} if self.kind == "finetune" and self.batchnorm != "frozen" else {}),
                 # only when not the default, so that float32 checkpoints are unchanged
                 **({"precision": _policy(self.precision)} if self.precision != "float32" else {})}
 

@@ -178,7 +178,8 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
     if spec.kind == "scratch":
         model, base = build_scratch(spec.size, spec.n_classes, seed=spec.seed), None
     else:
-        model, base = build_finetune(spec.backbone, spec.weights, spec.size, spec.n_classes, seed=spec.seed)
+        model, base = build_finetune(spec.backbone, spec.weights, spec.size, spec.n_classes, seed=spec.seed,
+                                     preprocess=spec.preprocess)
     cw = class_weights(y[tr], spec.n_classes)
     bn_rows = np.random.default_rng(spec.seed).permutation(tr)[:BN_IMAGES]
     X_bn = X[np.sort(bn_rows)] if trainable_batchnorms(model) else None
@@ -204,7 +205,7 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                 if deadline is not None and state["best_dir"] and time.monotonic() >= deadline:
                     out_of_time = True
                     break
-                trainable = set_stage(base, stage, spec.unfreeze)
+                trainable = set_stage(base, stage, spec.unfreeze, batchnorm=spec.batchnorm)
                 slow = base.trainable_variables if base is not None and trainable else []
                 model.compile(optimizer=stage_optimizer(lr, base_lr, slow=slow, steps=steps * max(1, end - first)),
                               loss=keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing),
@@ -214,8 +215,10 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                     # fine-tuning continues from where the head stage ended (its weights are in ``model``), with a
                     # fresh optimizer, schedule and patience; the best epoch is still tracked over both stages
                     state["stage_index"], state["wait"] = si, 0
+                    bn_note = ("BatchNorm kept frozen, in inference mode" if spec.batchnorm == "frozen"
+                               else "every BatchNorm training, batch statistics")
                     log(f"{label}: stage {stage}: {len(trainable)} weighted layers of the top {spec.unfreeze} unfrozen "
-                        f"(BatchNorm kept frozen, in inference mode), peak learning rates: head {lr:g}, base {base_lr:g}")
+                        f"({bn_note}), peak learning rates: head {lr:g}, base {base_lr:g}")
                 elif state["last_dir"] and last_stage == stage:
                     ck.restore(model, "last_dir", state, optimizer=True)
                 stop = stage != "head" and int(state["wait"]) >= schedule.patience and int(state["epoch"]) >= schedule.min_epochs
@@ -241,7 +244,7 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                               "lower the learning rate (or check the images) and rerun")
         raise AlzmriError(f"{label}: no epoch was trained (epochs={epochs})")
     ck.restore(model, "best_dir", state, optimizer=False)
-    set_stage(base, "head", spec.unfreeze)
+    set_stage(base, "head", spec.unfreeze)  # frozen for inference and saving, whatever the mode
     stopped_early = int(state["epoch"]) < epochs and not state["diverged_epoch"] and not out_of_time
     return FitOutcome(model=model, history=list(state["history"]), epochs_run=int(state["epoch"]),
                       best_epoch=int(state["best_epoch"]), best_val_bal_acc=float(state["best_bal_acc"]),

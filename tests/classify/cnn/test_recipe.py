@@ -68,6 +68,47 @@ def test_head_warms_up_on_the_frozen_base_then_the_base_trains_at_its_lower_rate
     assert (params["fine_lr"], params["lr"], params["label_smoothing"], params["head_epochs"]) == (fine_lr, lr, 0.1, 1)
 
 
+def test_batchnorm_train_adapts_the_statistics_in_the_warm_up_and_trains_scale_and_offset_after(
+        kaggle_root: Path, artifacts: Path) -> None:
+    keras = _keras()
+    snap: dict[int, dict[str, np.ndarray]] = {}
+
+    def weights_of(base, kind):  # noqa: ANN001, ANN202
+        layers = [la for la in base.layers if isinstance(la, kind) and la.weights]
+        return {v.path: np.array(v) for la in layers for v in la.weights}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):  # noqa: ANN001
+            base = _base_of(self.model)
+            snap[epoch] = {**weights_of(base, keras.layers.BatchNormalization), **weights_of(base, keras.layers.Conv2D)}
+
+        def on_train_end(self, logs=None):  # noqa: ANN001
+            self.on_epoch_begin(-1)
+
+    res = train_baseline(kaggle_root, model="finetune", epochs=2, head_epochs=1, unfreeze=6, batchnorm="train",
+                         batch_size=16, callbacks=[Probe()], **FAST)
+    assert [h["stage"] for h in res.history] == ["head", "fine"]
+    before, after_head, end = snap[0], snap[1], snap[-1]
+
+    def changed(a, b, key):  # noqa: ANN001, ANN202
+        return {p for p in a if key in p and not np.array_equal(a[p], b[p])}
+
+    stats = {p for p in before if "moving_" in p}
+    affine = {p for p in before if p.endswith(("/gamma", "/beta"))}
+    assert stats and affine
+    # warm-up: every BatchNorm's statistics adapt to the slices; its scale and offset and every convolution stay
+    assert changed(before, after_head, "moving_") == stats
+    assert not {p for p in affine if not np.array_equal(before[p], after_head[p])}
+    assert not changed(before, after_head, "kernel")
+    # fine stage: scale and offset train too (all of them, not only the top 6 layers')
+    assert {p for p in affine if not np.array_equal(after_head[p], end[p])} == affine
+    assert json.loads(res.row["best_params"])["batchnorm"] == "train"
+    # the default keeps every BatchNorm frozen in the warm-up (test above) and a checkpoint of its own
+    frozen = BaselineConfig(model="finetune").net_spec(n_classes=4, choice=BaselineConfig(model="finetune").weights_choice())
+    trained = BaselineConfig(model="finetune", batchnorm="train").net_spec(n_classes=4, choice=None)
+    assert "batchnorm" not in frozen.settings() and trained.settings()["batchnorm"] == "train"
+
+
 def test_discriminative_adam_steps_the_slow_variables_at_their_lower_rate() -> None:
     from classify.cnn.keras_objects import DiscriminativeAdam
 
@@ -154,6 +195,29 @@ def test_finetune_uses_the_weights_catalog_preprocessing_and_native_size(tmp_pat
     np.testing.assert_allclose(np.asarray(BackbonePreprocess("mobilenetv2")(x)), 1.0)  # the architecture's: 255 -> 1 too
     np.testing.assert_allclose(np.asarray(BackbonePreprocess("mobilenetv2")(x * 0)), -1.0)
     np.testing.assert_allclose(np.asarray(layer(x * 0)), 0.0)
+
+
+def test_the_trained_network_applies_the_catalog_preprocessing(kaggle_root: Path, artifacts: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spec carrying "rgb01" is not enough: the network that trains (and is saved) must apply it."""
+    from featurize.backbones import build_base, get_backbone
+
+    keras = _keras()
+    weights = tmp_path / "mri.weights.h5"
+    build_base(get_backbone("mobilenetv2"), "none", (32, 32), seed=0).save_weights(str(weights))
+    cat = tmp_path / "cat.toml"
+    cat.write_text(f'[weights.mri01]\nbackbone = "mobilenetv2"\nfile = "{weights}"\npreprocess = "rgb01"\ninput_size = "32x32"\n')
+    monkeypatch.setenv("ALZMRI_WEIGHTS_CATALOG", str(cat))
+    seen: list[str] = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # noqa: ANN001
+            seen.append(self.model.get_layer("preprocess").preprocess)
+
+    res = train_baseline(kaggle_root, model="finetune", epochs=1, head_epochs=1, batch_size=16, callbacks=[Probe()],
+                         **{**FAST, "weights": "mri01", "image_size": None})
+    assert seen == ["rgb01"]
+    assert "rgb01" in json.loads(res.sidecar_path.read_text())["preprocessing"]
 
 
 def test_max_train_minutes_stops_after_an_epoch_and_a_rerun_continues(kaggle_root: Path, artifacts: Path) -> None:
