@@ -432,7 +432,7 @@ def plot_curve(table: pd.DataFrame, path: str | os.PathLike[str], *, n_classes: 
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("balanced accuracy")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="best")  # away from the points: "lower right" hid the largest size
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
