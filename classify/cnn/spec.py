@@ -12,8 +12,8 @@ from featurize.backbones import Backbone
 Log = Callable[[str], None]
 
 MODELS = ("scratch", "finetune")
-# a fine-tuned backbone's BatchNorm: "frozen" (inference mode, ImageNet statistics) or "train" (batch statistics in
-# training, moving statistics adapted to the slices, scale and offset trained with the base: fastai's train_bn)
+# a fine-tuned backbone's BatchNorm: "frozen" (inference mode, ImageNet statistics) or "train" (training mode in every
+# layer, so its statistics adapt to the slices; scale and offset train where the layers are unfrozen)
 BATCHNORM_MODES = ("frozen", "train")
 ARCH_VERSION = 4  # bump when a network or its training changes: old checkpoints then start over (3: issue 20's recipe;
 #                  4: BatchNorm statistics re-estimated after each epoch)

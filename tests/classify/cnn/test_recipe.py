@@ -77,10 +77,13 @@ def test_batchnorm_train_adapts_the_statistics_in_the_warm_up_and_trains_scale_a
         layers = [la for la in base.layers if isinstance(la, kind) and la.weights]
         return {v.path: np.array(v) for la in layers for v in la.weights}
 
+    trainable: dict[int, set[str]] = {}
+
     class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):  # noqa: ANN001
             base = _base_of(self.model)
             snap[epoch] = {**weights_of(base, keras.layers.BatchNormalization), **weights_of(base, keras.layers.Conv2D)}
+            trainable[epoch] = {v.path for v in self.model.trainable_variables}
 
         def on_train_end(self, logs=None):  # noqa: ANN001
             self.on_epoch_begin(-1)
@@ -96,12 +99,17 @@ def test_batchnorm_train_adapts_the_statistics_in_the_warm_up_and_trains_scale_a
     stats = {p for p in before if "moving_" in p}
     affine = {p for p in before if p.endswith(("/gamma", "/beta"))}
     assert stats and affine
-    # warm-up: every BatchNorm's statistics adapt to the slices; its scale and offset and every convolution stay
+    # warm-up: every BatchNorm's statistics adapt to the slices; its scale and offset and every convolution stay,
+    # and nothing of the base is a trainable variable (no backward pass through it)
     assert changed(before, after_head, "moving_") == stats
     assert not {p for p in affine if not np.array_equal(before[p], after_head[p])}
     assert not changed(before, after_head, "kernel")
-    # fine stage: scale and offset train too (all of them, not only the top 6 layers')
-    assert {p for p in affine if not np.array_equal(after_head[p], end[p])} == affine
+    assert trainable[0] and all(p.startswith("probs/") for p in trainable[0])
+    # fine stage: the scale and offset of the top 6 layers' BatchNorm train, the ones below stay; statistics adapt
+    moved = {p for p in affine if not np.array_equal(after_head[p], end[p])}
+    assert moved and moved < affine and moved <= trainable[1]
+    assert not (affine - moved) & trainable[1]
+    assert changed(after_head, end, "moving_") == stats
     assert json.loads(res.row["best_params"])["batchnorm"] == "train"
     # the default keeps every BatchNorm frozen in the warm-up (test above) and a checkpoint of its own
     frozen = BaselineConfig(model="finetune").net_spec(n_classes=4, choice=BaselineConfig(model="finetune").weights_choice())
