@@ -22,7 +22,7 @@ from featurize.backbones import BACKBONES, POOLINGS
 from featurize.config import report_path
 from featurize.devices import DEVICE_MODES, PRECISIONS
 from featurize.engines import ENGINES
-from featurize.errors import AlzmriError
+from featurize.errors import AlzmriError, interrupted
 from featurize.images import RESIZE_MODES
 from featurize.options import choose
 from featurize.volumes.slicing import VIEWS
@@ -170,7 +170,9 @@ def _run(fn: Callable[[], Any]) -> Any:
         return fn()
     except AlzmriError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupted(exc):  # Ctrl-C, also wrapped by a C extension
+            raise
         err.print("[bold red]interrupted[/]; rerun the same command to resume", highlight=False)
         raise typer.Exit(130) from None
 

@@ -36,3 +36,17 @@ class ClusterError(AlzmriError):
     """A ``--cluster`` that cannot be reached, or workers that keep failing (the message names the worker and file)."""
 
     exit_code = 6
+
+
+def interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C, also when a C extension wrapped it: a SIGINT that lands while TensorFlow converts a numpy
+    batch surfaces as ``SystemError``/``TypeError`` with the ``KeyboardInterrupt`` in its cause or context (seen in a
+    real featurize under SIGINT)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -18,7 +18,7 @@ from featurize import store, timing
 from featurize.backbones import layers_tag, resolve_layers
 from featurize.config import features_dir
 from featurize.dataset import Dataset, scan
-from featurize.errors import AlzmriError, CacheError
+from featurize.errors import AlzmriError, CacheError, interrupted
 from featurize.extractor import ModelSpec, from_card, from_tf
 from featurize.images import RESIZE_MODES, parse_size
 from featurize.options import at_least, choose
@@ -348,7 +348,9 @@ def _infer(forward: Callable[[np.ndarray], np.ndarray], table: Any, todo: list[i
                 writer.add([p for p, _, _ in rows], [h for _, h, _ in rows], feats[np.array([e == "" for e in errs])], errs)
                 done += len(rows)
                 advance(len(rows))
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            if not interrupted(exc):
+                raise
             writer.flush()
             raise AlzmriError(f"interrupted after {done} of {total} images; they are kept, rerun the same command to resume", exit_code=130) from None
         writer.flush()
