@@ -329,7 +329,7 @@ def baseline(
     head_epochs: int = typer.Option(2, "--head-epochs", min=1, help="finetune: warm-up epochs of the new head on the frozen base."),
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on the balanced accuracy of a validation part of the training subjects."),
     unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm: see --batchnorm)."),
-    batchnorm: BatchNormMode = typer.Option("frozen", "--batchnorm", help="finetune: frozen = the base's BatchNorm in inference mode with ImageNet statistics; train = every BatchNorm in training mode, its statistics adapted to the slices, scale and offset trained where the layers are unfrozen."),
+    batchnorm: BatchNormMode = typer.Option("frozen", "--batchnorm", help="finetune: frozen = the base's BatchNorm in inference mode with ImageNet statistics; train = every BatchNorm in training mode, its averages re-estimated on training slices after each epoch, scale and offset trained where the layers are unfrozen."),
     learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0, help="Peak learning rate of the head (both stages) and of the scratch CNN; warm-up then cosine decay."),
     fine_learning_rate: float = typer.Option(1e-4, "--fine-learning-rate", min=0.0, help="finetune: peak learning rate of the unfrozen base layers (discriminative: below the head's)."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, help="Label smoothing of the cross-entropy (class weights handle the imbalance)."),

@@ -11,6 +11,13 @@ The remedy is "precise BatchNorm" (Wu & Johnson, 2021, "Rethinking 'Batch' in Ba
 layer's moving mean and variance to the population statistics of its input over training images, computed with the
 layers before it in inference mode (no augmentation, no dropout, their own re-estimated statistics), i.e. exactly
 the input it receives at inference. Training itself is unchanged (it uses batch statistics).
+
+A fine-tuned backbone with ``--batchnorm train`` needs the same, for a different reason: Keras's MobileNetV2 keeps
+its averages with momentum 0.999, so after 900 steps 41% of each one is still ImageNet's, and its leaky validation
+score stayed at 0.30-0.47 where frozen BatchNorm reached 0.67 (docs/benchmarks.md). Its 52 layers are re-estimated
+in one pass in training mode, as fvcore's ``update_bn_stats`` does: each layer's averages become the mean over
+batches of its batch statistics, the layers before it normalising with batch statistics too. Layer after layer
+(as above) would cost 52 partial forward passes an epoch; one pass costs one.
 """
 
 from __future__ import annotations
@@ -51,4 +58,31 @@ def reestimate_batchnorm(model: Any, X: np.ndarray, *, batch_size: int = 128) ->
         var = np.maximum(total_sq / count - mean * mean, 0.0)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(var.astype(np.float32))
+    return len(layers)
+
+
+def base_batchnorms(base: Any) -> list[Any]:
+    """The BatchNormalization layers of a backbone ``base`` that run in training mode (``--batchnorm train``)."""
+    return [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
+def reestimate_base_batchnorm(base: Any, preprocess: Any, X: np.ndarray, *, batch_size: int = 128) -> int:
+    """Set the moving mean and variance of ``base``'s training-mode BatchNorm layers to their averages of batch
+    statistics over the images ``X`` ([N,H,W,3], the model's input before ``preprocess``, its preprocessing layer),
+    in one training-mode pass without augmentation; returns how many layers were set."""
+    layers = base_batchnorms(base)
+    if not layers or not len(X):
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for start in range(0, len(X), batch_size):
+            batch = X[start:start + batch_size]
+            # moving <- moving * m + batch * (1 - m) with m = seen / (seen + len(batch)): the image-weighted mean of
+            # the batches so far (the first batch replaces the old averages outright)
+            for layer in layers:
+                layer.momentum = start / (start + len(batch))
+            base(preprocess(tf.cast(batch, tf.float32)), training=True)
+    finally:
+        for layer, m in zip(layers, momenta):
+            layer.momentum = m
     return len(layers)

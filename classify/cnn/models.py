@@ -94,7 +94,8 @@ def set_stage(base: Any, stage: str, unfreeze: int, *, batchnorm: str = "frozen"
     """Freeze the base (``head``), or unfreeze its top ``unfreeze`` layers except BatchNorm (``fine``).
 
     With ``batchnorm="train"`` every BatchNorm layer of the base runs in training mode in both stages, so its
-    statistics adapt to the slices; its scale and offset train only where the layers are unfrozen (the top
+    statistics adapt to the slices (``batchnorm.reestimate_base_batchnorm`` sets its averages after each epoch); its
+    scale and offset train only where the layers are unfrozen (the top
     ``unfreeze`` in ``fine``). Gradients then stop at the lowest unfrozen layer, as with frozen BatchNorm: training
     every scale and offset made a warm-up step 3.5x slower (the whole base's backward pass).
     "Top N layers" counts every layer of ``base.layers`` from the end (as in Keras's transfer-learning guide);

@@ -13,7 +13,7 @@ Log = Callable[[str], None]
 
 MODELS = ("scratch", "finetune")
 # a fine-tuned backbone's BatchNorm: "frozen" (inference mode, ImageNet statistics) or "train" (training mode in every
-# layer, so its statistics adapt to the slices; scale and offset train where the layers are unfrozen)
+# layer, its averages re-estimated on training slices after each epoch; scale and offset train where layers unfreeze)
 BATCHNORM_MODES = ("frozen", "train")
 ARCH_VERSION = 4  # bump when a network or its training changes: old checkpoints then start over (3: issue 20's recipe;
 #                  4: BatchNorm statistics re-estimated after each epoch)
@@ -109,6 +109,8 @@ class NetSpec:
                 # a key of their own starts those checkpoints over and leaves every other one resumable
                 **({"catalog_preprocess_in_model": True} if self.kind == "finetune" and self.preprocess else {}),
                 **({"batchnorm": self.batchnorm} if self.kind == "finetune" and self.batchnorm != "frozen" else {}),
+                # session 8: a trained BatchNorm's averages are re-estimated after each epoch (momentum 0.999 before)
+                **({"batchnorm_stats": "reestimated"} if self.kind == "finetune" and self.batchnorm == "train" else {}),
                 # only when not the default, so that float32 checkpoints are unchanged
                 **({"precision": _policy(self.precision)} if self.precision != "float32" else {})}
 

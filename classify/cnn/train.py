@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from classify.cnn.batchnorm import reestimate_batchnorm, trainable_batchnorms
+from classify.cnn.batchnorm import reestimate_base_batchnorm, reestimate_batchnorm, trainable_batchnorms
 from classify.cnn.checkpoint import Checkpoint
 from classify.cnn.data import Images, class_weights, predict_proba, train_dataset, validation_split
 from classify.cnn.keras_objects import BalancedAccuracy, DiscriminativeAdam, keras
@@ -67,10 +67,10 @@ class EpochControl(keras.callbacks.Callback):
     def __init__(self, *, checkpoint: Checkpoint, state: dict[str, Any], stage: str, X_val: np.ndarray,
                  y_val: np.ndarray, schedule: Schedule, label: str, log: Log, advance: Callable[[int], None],
                  deadline: float | None = None, base_lr: Callable[[], float] | None = None,
-                 X_bn: np.ndarray | None = None) -> None:
+                 refresh_bn: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.ck, self.state, self.stage, self.X_val, self.y_val = checkpoint, state, stage, X_val, y_val
-        self.X_bn = X_bn
+        self.refresh_bn = refresh_bn
         self.schedule, self.label, self.log, self.advance = schedule, label, log, advance
         self.deadline, self.base_lr = deadline, base_lr
         self.diverged = self.out_of_time = False
@@ -98,9 +98,9 @@ class EpochControl(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         state, sch, e = self.state, self.schedule, epoch + 1
-        if self.X_bn is not None and not self.diverged:
+        if self.refresh_bn is not None and not self.diverged:
             # validation, the checkpoint and the saved model all use the statistics inference will see
-            reestimate_batchnorm(self.model, self.X_bn)
+            self.refresh_bn()
         probs = None if self.diverged else predict_proba(self.model, self.X_val, sch.batch_size)
         if probs is None or not np.all(np.isfinite(probs)) or not math.isfinite(float(logs.get("loss", 0.0))):
             self._stop_diverged(e)
@@ -182,7 +182,13 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                                      preprocess=spec.preprocess)
     cw = class_weights(y[tr], spec.n_classes)
     bn_rows = np.random.default_rng(spec.seed).permutation(tr)[:BN_IMAGES]
-    X_bn = X[np.sort(bn_rows)] if trainable_batchnorms(model) else None
+    base_bn = base is not None and spec.batchnorm == "train"
+    X_bn = X[np.sort(bn_rows)] if trainable_batchnorms(model) or base_bn else None
+
+    def refresh_bn() -> None:
+        if base_bn:  # the backbone first: the head's input depends on it
+            reestimate_base_batchnorm(base, model.get_layer("preprocess"), X_bn)
+        reestimate_batchnorm(model, X_bn)
     train_ds = train_dataset(X[tr], y[tr], cw[y[tr]], n_classes=spec.n_classes, batch_size=batch_size,
                              seed=spec.seed + int(state["epoch"]))
     steps = int(math.ceil(len(tr) / batch_size))
@@ -226,7 +232,8 @@ def _fit_in_scope(spec: NetSpec, schedule: Schedule, data: Images, *, train_idx:
                     continue
                 opt = model.optimizer
                 control = EpochControl(checkpoint=ck, state=state, stage=stage, X_val=X[va], y_val=y[va],
-                                       schedule=schedule, label=label, log=log, advance=advance, deadline=deadline, X_bn=X_bn,
+                                       schedule=schedule, label=label, log=log, advance=advance, deadline=deadline,
+                                       refresh_bn=refresh_bn if X_bn is not None else None,
                                        base_lr=(lambda o=opt: float(np.asarray(o.learning_rate)) * o.factor) if slow else None)
                 model.fit(train_ds, initial_epoch=int(state["epoch"]), epochs=end, verbose=0, shuffle=False,
                           callbacks=[control, *callbacks])

@@ -109,7 +109,11 @@ def test_batchnorm_train_adapts_the_statistics_in_the_warm_up_and_trains_scale_a
     moved = {p for p in affine if not np.array_equal(after_head[p], end[p])}
     assert moved and moved < affine and moved <= trainable[1]
     assert not (affine - moved) & trainable[1]
-    assert changed(after_head, end, "moving_") == stats
+    # re-estimated on the same training slices, the statistics move exactly where their input did: in the top
+    # layers, whose weights trained (a suffix of the base's BatchNorm layers); below, they are re-estimated identically
+    order = [p.split("/")[0] for p in sorted(stats, key=list(before).index) if p.endswith("moving_mean")]
+    moved_bn = {p.split("/")[0] for p in changed(after_head, end, "moving_")}
+    assert moved_bn and moved_bn == set(order[len(order) - len(moved_bn):]) and len(moved_bn) < len(order)
     assert json.loads(res.row["best_params"])["batchnorm"] == "train"
     # the default keeps every BatchNorm frozen in the warm-up (test above) and a checkpoint of its own
     frozen = BaselineConfig(model="finetune").net_spec(n_classes=4, choice=BaselineConfig(model="finetune").weights_choice())
