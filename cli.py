@@ -63,6 +63,8 @@ CnnModel = Literal[MODELS]  # type: ignore[valid-type]
 BatchNormMode = Literal[BATCHNORM_MODES]  # type: ignore[valid-type]
 Calibration = Literal[CALIBRATIONS]  # type: ignore[valid-type]
 ExplainMethod = Literal[EXPLAIN_METHODS]  # type: ignore[valid-type]
+UnfreezeOpt = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm: see --batchnorm).")
+BatchNormOpt = typer.Option("frozen", "--batchnorm", help="finetune: frozen = the base's BatchNorm in inference mode with ImageNet statistics; train = every BatchNorm in training mode, its averages re-estimated on training slices after each epoch, scale and offset trained where the layers are unfrozen.")
 CalibrateOpt = typer.Option("none", "--calibrate", help="Calibrate probabilities inside each training part (subject-grouped inner folds).")
 InnerSlicesOpt = typer.Option(0, "--inner-slices", min=0, help="Slice heads: grid-search on N evenly spaced slices per subject, then refit on all (0: all slices).")
 View = Literal[VIEWS]  # type: ignore[valid-type]
@@ -328,8 +330,8 @@ def baseline(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs, warm-up included (default: scratch 30, finetune 12)."),
     head_epochs: int = typer.Option(2, "--head-epochs", min=1, help="finetune: warm-up epochs of the new head on the frozen base."),
     patience: int = typer.Option(3, "--patience", min=1, help="Early-stopping patience on the balanced accuracy of a validation part of the training subjects."),
-    unfreeze: int = typer.Option(30, "--unfreeze", min=0, help="finetune: top base layers to unfreeze after the warm-up (BatchNorm: see --batchnorm)."),
-    batchnorm: BatchNormMode = typer.Option("frozen", "--batchnorm", help="finetune: frozen = the base's BatchNorm in inference mode with ImageNet statistics; train = every BatchNorm in training mode, its averages re-estimated on training slices after each epoch, scale and offset trained where the layers are unfrozen."),
+    unfreeze: int = UnfreezeOpt,
+    batchnorm: BatchNormMode = BatchNormOpt,
     learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0, help="Peak learning rate of the head (both stages) and of the scratch CNN; warm-up then cosine decay."),
     fine_learning_rate: float = typer.Option(1e-4, "--fine-learning-rate", min=0.0, help="finetune: peak learning rate of the unfrozen base layers (discriminative: below the head's)."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", min=0.0, help="Label smoothing of the cross-entropy (class weights handle the imbalance)."),
@@ -377,6 +379,8 @@ def curve(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="CNN epoch budget (default per model, as baseline)."),
     max_train_minutes: Optional[float] = typer.Option(None, "--max-train-minutes", min=0.0, help="Per network: stop after the epoch that would overrun N minutes; rerun to continue."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT for both CNNs (default per model, as baseline)."),
+    unfreeze: int = UnfreezeOpt,
+    batchnorm: BatchNormMode = BatchNormOpt,
     folds: int = typer.Option(5, "--folds", min=2, help="subject-cv folds (the same test folds for every method and size)."),
     seed: int = typer.Option(0, "--seed", min=0),
     artifacts: Optional[str] = ArtifactsOpt,
@@ -388,7 +392,7 @@ def curve(
     def go() -> Any:
         cfg = CurveConfig(sizes=parse_sizes(sizes), methods=tuple(methods.split(",")), head=head, backbone=backbone,
                           weights=weights, epochs=epochs, max_train_minutes=max_train_minutes, image_size=image_size,
-                          folds=folds, seed=seed)
+                          unfreeze=unfreeze, batchnorm=batchnorm, folds=folds, seed=seed)
         return run_curve(data, cfg, artifacts=artifacts, progress=not no_progress, log=_say)
 
     out.print(format_curve(_run(go)), highlight=False, markup=False)

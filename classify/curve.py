@@ -58,7 +58,8 @@ def parse_sizes(text: str | Sequence[int | str]) -> tuple[int, ...]:
 @dataclass(frozen=True, kw_only=True)
 class CurveConfig:
     """What ``alzmri curve`` trains. ``epochs``/``max_train_minutes``/``image_size``/``batch_size`` go to both CNNs
-    (None: each model's default, see ``classify.cnn.run.BaselineConfig``); ``head`` is the frozen-feature head."""
+    (None: each model's default, see ``classify.cnn.run.BaselineConfig``), ``unfreeze`` and ``batchnorm`` to the
+    fine-tuned one (baseline's defaults); ``head`` is the frozen-feature head."""
 
     sizes: tuple[int, ...] = DEFAULT_SIZES
     methods: tuple[str, ...] = METHODS
@@ -69,6 +70,8 @@ class CurveConfig:
     epochs: int | None = None
     max_train_minutes: float | None = None
     image_size: str | None = None
+    unfreeze: int = 30
+    batchnorm: str = "frozen"
     batch_size: int = 32
     folds: int = 5
     seed: int = 0
@@ -91,7 +94,8 @@ class CurveConfig:
 
         return BaselineConfig(model=kind, backbone=self.backbone, weights=self.weights, image_size=self.image_size,
                               epochs=self.epochs, batch_size=self.batch_size, protocol="subject-cv", folds=self.folds,
-                              seed=self.seed, subjects=self.subjects, max_train_minutes=self.max_train_minutes)
+                              seed=self.seed, subjects=self.subjects, max_train_minutes=self.max_train_minutes,
+                              unfreeze=self.unfreeze, batchnorm=self.batchnorm)
 
 
 @dataclass
@@ -219,6 +223,9 @@ def _cell_key(cfg: CurveConfig, rows: Rows, method: str, n: int, fold: int, trai
         what.update(head=cfg.head, backbone=cfg.backbone, weights=cfg.weights, layers=cfg.layers)
     else:  # the network's own settings also key its checkpoints (classify.cnn.checkpoint)
         what.update({k: getattr(cfg, k) for k in ("backbone", "weights", "epochs", "image_size", "batch_size", "subjects")})
+        if method == "finetune":  # only when not the defaults, so that cells measured before stay kept
+            what.update({k: v for k, v in (("unfreeze", cfg.unfreeze), ("batchnorm", cfg.batchnorm))
+                         if v != CurveConfig.__dataclass_fields__[k].default})
     return digest(what)
 
 

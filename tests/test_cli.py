@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from classify.cnn.spec import MODELS
+from classify.cnn.spec import BATCHNORM_MODES, MODELS
 from classify.curve import METHODS as CURVE_METHODS
 from classify.heads import HEADS
 from classify.protocols import PROTOCOLS
@@ -42,7 +42,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "featurize": [NAMES, POOLINGS, RESIZE_MODES, ENGINES, PRECISIONS, DEVICE_MODES, VIEWS],
     "classify": [(*NAMES, "all"), (*HEADS, "all"), PROTOCOLS, LEVELS, SUBJECT_POOLINGS],
     "report": [REPORT_FORMATS, REPORT_VIEWS],
-    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS],
+    "baseline": [MODELS, NAMES, PRECISIONS, DEVICE_MODES, PROTOCOLS, VIEWS, BATCHNORM_MODES],
     "sweep": [NAMES, (*HEADS, "all"), CRITERIA, LEVELS, SUBJECT_POOLINGS],
     "subjects": [],
     "synth": [IMAGE_FORMATS, SPLITS, VOLUME_FORMATS],
@@ -50,7 +50,7 @@ CHOICES: dict[str, list[tuple[str, ...]]] = {
     "predict": [VIEWS],
     "weights": [],
     "export": [],
-    "curve": [CURVE_METHODS, HEADS, NAMES],
+    "curve": [CURVE_METHODS, HEADS, NAMES, BATCHNORM_MODES],
 }
 
 

@@ -99,3 +99,27 @@ def test_bootstrap_interval_brackets_the_pooled_score() -> None:
     b = bootstrap(y, scores, groups, n_boot=200, seed=0)
     assert b["balanced_accuracy_lo"] < b["balanced_accuracy"] < b["balanced_accuracy_hi"]
     assert 0.5 < b["balanced_accuracy"] < 0.9 and b["balanced_accuracy_hi"] - b["balanced_accuracy_lo"] < 0.4
+
+
+def test_finetune_options_reach_the_network_and_key_only_its_cells() -> None:
+    from classify.cnn.run import BaselineConfig
+    from classify.curve import CurveConfig, Rows, _cell_key
+
+    default, trained = CurveConfig(), CurveConfig(unfreeze=1000, batchnorm="train")
+    # the curve's defaults are baseline's, so a curve cell is the network `alzmri baseline` trains
+    base = BaselineConfig(model="finetune")
+    assert (default.cnn("finetune").unfreeze, default.cnn("finetune").batchnorm) == (base.unfreeze, base.batchnorm)
+    ft = trained.cnn("finetune")
+    assert (ft.unfreeze, ft.batchnorm) == (1000, "train")
+    spec = ft.net_spec(n_classes=2, choice=None)
+    assert spec.batchnorm == "train" and spec.unfreeze == 1000 and spec.settings()["batchnorm"] == "train"
+    paths = np.array([f"s{i}.png" for i in range(6)], dtype=object)
+    rows = Rows(paths=paths, y=np.array([0, 1] * 3), groups=paths, class_names=["a", "b"],
+                folds=[(np.arange(3), np.arange(3, 6))], dataset_id="d")
+    train = np.arange(3)
+    key = {m: (_cell_key(default, rows, m, 0, 1, train), _cell_key(trained, rows, m, 0, 1, train))
+           for m in ("frozen", "finetune", "scratch")}
+    assert key["finetune"][0] != key["finetune"][1]  # a cell of other settings is never kept as this one
+    assert key["frozen"][0] == key["frozen"][1] and key["scratch"][0] == key["scratch"][1]
+    with pytest.raises(AlzmriError, match="--batchnorm"):
+        CurveConfig(batchnorm="sometimes")
